@@ -44,9 +44,64 @@ TINY_MAX_LEN = 4096
 CPU_BLOCK_SIZE = 128  # vLLM's CPU backend uses 128-token blocks
 
 
-def write_tiny_model(folder: Path) -> Path:
+# A one-line template is enough for real agents' message lists; a model this small has no
+# chat format of its own to imitate.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] if m['content'] is string "
+    "else '' }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+_SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0/1/2, as in TINY_LLAMA
+
+
+def _corpus(n_lines: int = 4000):
+    """Deterministic training text: code- and shell-like lines, the content agents send."""
+    words = ["def", "return", "import", "class", "self", "for", "in", "if", "else", "elif", "while", "try", "except", "with", "as", "from", "print", "open", "read", "write", "file", "path", "error", "test", "pytest", "assert", "git", "diff", "patch", "bash", "ls", "cd", "grep", "sed", "cat", "python", "json", "http", "get", "post", "user", "assistant", "system", "tool", "call", "result", "the", "a", "of", "to", "and", "is", "that", "it", "this", "value", "list", "dict", "str", "int", "none", "true", "false"]
+    punct = list("()[]{}:.,=+-*/_<>'\"#\n ")
+    state = 12345
+    for _ in range(n_lines):
+        line = []
+        for _ in range(12):
+            state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+            line.append(words[state % len(words)] if state % 3 else punct[state % len(punct)])
+        yield " ".join(line)
+
+
+def write_tiny_tokenizer(folder: Path) -> None:
+    """A byte-level BPE with exactly TINY_VOCAB ids (so every id the model can generate
+    decodes), pad/bos/eos at 0/1/2, and a chat template: what `/v1/chat/completions` needs.
+    Built offline with `tokenizers`; nothing is downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    missing = TINY_VOCAB - tok.get_vocab_size()
+    if missing > 0:  # a small corpus can run out of merges: fill the id space
+        tok.add_tokens([f"<extra_{i}>" for i in range(missing)])
+    tok.save(str(folder / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "pad_token": "<pad>",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "model_max_length": TINY_MAX_LEN,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def write_tiny_model(folder: Path, tokenizer: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(TINY_LLAMA, indent=2))
+    if tokenizer and not (folder / "tokenizer.json").exists():
+        write_tiny_tokenizer(folder)
     return folder
 
 

@@ -7,9 +7,14 @@
   exactly the trace's sharing: the shared prefix has the same ids in every program, a program's
   own tokens are stable per (chain, position), and the ids the engine generated are sent back in
   the next call, as an agent's context would be (`TokenBook`).
+- Calls stream (server-sent events) so the first token's time is observed, not only the
+  finish; usage comes in the stream's last chunk (`stream_options.include_usage`).
+- A call that carries a client's request (`Request.forward`, from `thundersim serve`) is sent
+  on as is, with its events relayed to the client as they arrive.
 - Per-request usage with cached tokens (`--enable-prompt-tokens-details`), timeouts, retries
   with exponential backoff on connection errors and 5xx; after repeated failures the backend
   is marked down (`alive = False`) and its failed calls are handed back to the Cluster.
+- aiohttp, not httpx: the proxy's added latency per call is what this client costs.
 - Pins (Continuum's TTL) cannot be expressed to a stock vLLM: they are counted and ignored.
 """
 
@@ -17,15 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 import zlib
 from collections.abc import Callable
 
-import httpx
+import aiohttp
 import numpy as np
 
-from thundersim.backend import EngineStats, Request, Usage
+from thundersim.backend import EngineStats, Forward, Request, Usage
 
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+([-+0-9.eEinfNa]+)")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -96,6 +102,18 @@ class BackendDown(RuntimeError):
     """The replica failed every retry of a call."""
 
 
+class UpstreamRejected(RuntimeError):
+    """The server answered 4xx: the request is wrong, retrying will not help."""
+
+    def __init__(self, status: int, body: bytes):
+        super().__init__(f"HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+_RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
+
+
 class VLLMBackend:
     def __init__(
         self,
@@ -106,6 +124,7 @@ class VLLMBackend:
         retries: int = 3,
         poll_s: float = 0.5,
         on_failure: Callable[[Request, Exception], None] | None = None,
+        stream: bool = True,
     ):
         self.index = index
         self.url = url.rstrip("/")
@@ -115,14 +134,16 @@ class VLLMBackend:
         self.retries = retries
         self.poll_s = poll_s
         self.on_failure = on_failure
+        self.stream = stream  # stream replayed calls, to observe their first token
         self.alive = True
         self.block_size = 0
         self.num_blocks = 0
         self.model = ""
         self.pins_ignored = 0
         self.failed_calls = 0  # calls handed back because this replica could not serve them
+        self.rejected_calls = 0  # calls the engine answered with 4xx
         self.in_flight = 0
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._metrics: dict = {}
         self._base: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -131,11 +152,15 @@ class VLLMBackend:
     # ---- lifecycle -----------------------------------------------------------------------
     async def connect(self) -> None:
         """Health check, model name, capacity and counter baselines; starts the stats poller."""
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=self.timeout_s)
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+            # no pool limit: the engine, not the client, decides how many calls run at once
+            connector=aiohttp.TCPConnector(limit=0),
+        )
         await self._get("/health")
-        models = (await self._get("/v1/models")).json()
+        models = json.loads(await self._get("/v1/models"))
         self.model = models["data"][0]["id"]
-        metrics = parse_metrics((await self._get("/metrics")).text)
+        metrics = parse_metrics((await self._get("/metrics")).decode())
         info = metrics.get("vllm:cache_config_info")
         if not info:
             raise RuntimeError(f"{self.url}: /metrics has no vllm:cache_config_info")
@@ -151,8 +176,8 @@ class VLLMBackend:
             self._poller.cancel()
         for t in list(self._tasks):
             t.cancel()
-        if self._client:
-            await self._client.aclose()
+        if self._session:
+            await self._session.close()
 
     # ---- Backend contract ----------------------------------------------------------------
     @property
@@ -181,7 +206,12 @@ class VLLMBackend:
             preemptions=int(c["preemptions"] - base.get("preemptions", 0)),
             prompt_tokens=int(c["prompt"] - base.get("prompt", 0)),
             generation_tokens=int(c["generation"] - base.get("generation", 0)),
-            extra={"pins": 0, "pins_ignored": self.pins_ignored, "iterations": 0},
+            extra={
+                "pins": 0,
+                "pins_ignored": self.pins_ignored,
+                "iterations": 0,
+                "rejected_calls": self.rejected_calls,
+            },
         )
 
     # ---- internals -----------------------------------------------------------------------
@@ -196,75 +226,164 @@ class VLLMBackend:
         }
 
     async def refresh(self) -> None:
-        self._metrics = parse_metrics((await self._get("/metrics")).text)
+        self._metrics = parse_metrics((await self._get("/metrics")).decode())
 
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll_s)
             # A failed scrape is not fatal: a failing call is what marks the backend down.
-            with contextlib.suppress(httpx.HTTPError, BackendDown):
+            with contextlib.suppress(aiohttp.ClientError, BackendDown, asyncio.TimeoutError):
                 await self.refresh()
 
-    async def _get(self, path: str) -> httpx.Response:
-        return await self._retry(lambda: self._client.get(path))
+    async def _get(self, path: str) -> bytes:
+        resp = await self._open("GET", path)
+        async with resp:
+            return await resp.read()
 
-    async def _retry(self, send) -> httpx.Response:
+    async def _open(self, method: str, path: str, body: dict | None = None):
+        """The response of a request whose status is < 500 (its body not yet read), retrying
+        connection errors and 5xx with exponential backoff."""
         delay = 0.2
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
-                r = await send()
-                if r.status_code < 500:
-                    r.raise_for_status()
-                    return r
-                last = httpx.HTTPStatusError(f"{r.status_code}", request=r.request, response=r)
-            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
-                if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code < 500:
-                    raise  # our request is wrong: retrying will not help
+                resp = await self._session.request(method, self.url + path, json=body)
+                if resp.status < 400:
+                    return resp
+                data = await resp.read()
+                resp.release()
+                if resp.status < 500:
+                    raise UpstreamRejected(resp.status, data)
+                last = RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
+            except _RETRYABLE as exc:
                 last = exc
             if attempt < self.retries:
                 await asyncio.sleep(delay)
                 delay *= 2
-        raise BackendDown(f"{self.url}: {last}")
+        raise BackendDown(f"{self.url}{path}: {last!r}")
 
-    async def _call(self, req: Request, on_done: Callable[[Usage], None]) -> None:
-        prompt = self.book.prompt(req)
+    def _body(self, req: Request) -> tuple[str, dict, Forward | None]:
+        fwd = req.forward
+        if fwd is not None:
+            body = dict(fwd.body, model=self.model)
+            if fwd.sink is not None:
+                # usage always comes back (for the scheduler); dropped later if not asked for
+                body["stream_options"] = dict(body.get("stream_options") or {}, include_usage=True)
+            return fwd.path, body, fwd
         body = {
             "model": self.model,
-            "prompt": prompt,
+            "prompt": self.book.prompt(req),
             "max_tokens": req.output_tokens,
             "ignore_eos": True,
             "temperature": 0.0,
             "return_token_ids": True,
         }
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return "/v1/completions", body, None
+
+    async def _call(self, req: Request, on_done: Callable[[Usage], None]) -> None:
+        path, body, fwd = self._body(req)
         start = time.monotonic()
         self.in_flight += 1
         try:
-            r = await self._retry(lambda: self._client.post("/v1/completions", json=body))
-        except (BackendDown, httpx.HTTPError) as exc:
-            self.alive = False
-            self.failed_calls += 1
-            if self.on_failure is not None:
-                self.on_failure(req, exc)
+            resp = await self._open("POST", path, body)
+        except UpstreamRejected as exc:
+            # The engine refused the request (e.g. longer than max_model_len): the call is done,
+            # with nothing computed; a client gets the engine's status and reason.
+            self.in_flight -= 1
+            self.rejected_calls += 1
+            if fwd is not None and fwd.sink is not None:
+                fwd.sink.put_nowait(None)
+            on_done(_usage(req, {}, start, None, exc.status, exc.body))
+            return
+        except BackendDown as exc:
+            self.in_flight -= 1
+            self._down(req, exc)
+            return
+        try:
+            async with resp:
+                if body.get("stream"):
+                    data, first = await self._read_stream(resp, fwd)
+                else:
+                    data, first = json.loads(await resp.read()), None
+        except _RETRYABLE + (aiohttp.ClientError,) as exc:
+            # Broken mid-response: hand the call back (a client stream gets an error event).
+            if fwd is not None and fwd.sink is not None:
+                fwd.sink.put_nowait(_event({"error": {"message": f"upstream failed: {exc!r}"}}))
+                fwd.sink.put_nowait(None)
+            self._down(req, exc)
             return
         finally:
             self.in_flight -= 1
-        data = r.json()
-        usage = data.get("usage") or {}
-        choice = data["choices"][0]
-        ids = choice.get("token_ids") or []
-        self.book.add_output(req, [int(i) for i in ids][: req.output_tokens])
-        details = usage.get("prompt_tokens_details") or {}
-        elapsed = time.monotonic() - start
-        now = req.submit_time + elapsed
-        on_done(
-            Usage(
-                prompt_tokens=int(usage.get("prompt_tokens", len(prompt))),
-                cached_tokens=int(details.get("cached_tokens") or 0),
-                output_tokens=int(usage.get("completion_tokens", req.output_tokens)),
-                submit_time=req.submit_time,
-                schedule_time=req.submit_time,  # not exposed per request without tracing
-                first_token_time=now,  # non-streaming: only the finish is observed
-                finish_time=now,
-            )
-        )
+        if fwd is None:
+            ids = data.get("token_ids")
+            if ids is None:
+                ids = data["choices"][0].get("token_ids") or []
+            self.book.add_output(req, [int(i) for i in ids][: req.output_tokens])
+        on_done(_usage(req, data, start, first, 200, data if fwd and not fwd.sink else None))
+
+    async def _read_stream(self, resp, fwd: Forward | None) -> tuple[dict, float | None]:
+        """Read server-sent events; relay them to a client's sink. Returns the final usage (and
+        for a replayed call the generated ids) and the time of the first token."""
+        first: float | None = None
+        usage: dict = {}
+        ids: list[int] = []
+        sink = fwd.sink if fwd is not None else None
+        async for line in resp.content:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                if sink is not None:
+                    sink.put_nowait(b"data: [DONE]\n\n")
+                break
+            chunk = json.loads(payload)
+            if chunk.get("usage") and not chunk.get("choices"):
+                usage = chunk["usage"]
+                if sink is not None and not fwd.client_wants_usage:
+                    continue
+            elif first is None:
+                first = time.monotonic()
+            if sink is not None:
+                sink.put_nowait(b"data: " + payload + b"\n\n")
+            elif chunk.get("choices"):
+                ids.extend(chunk["choices"][0].get("token_ids") or ())
+        if sink is not None:
+            sink.put_nowait(None)
+        return {"usage": usage, "token_ids": ids}, first
+
+    def _down(self, req: Request, exc: Exception) -> None:
+        self.alive = False
+        self.failed_calls += 1
+        if self.on_failure is not None:
+            self.on_failure(req, exc)
+
+
+def _event(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _usage(
+    req: Request, data: dict, start: float, first: float | None, status: int, response
+) -> Usage:
+    """Usage in the Cluster's clock (submit time + elapsed wall seconds)."""
+    usage = data.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    elapsed = time.monotonic() - start
+    finish = req.submit_time + elapsed
+    first_t = req.submit_time + (first - start) if first is not None else finish
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens", 0 if status != 200 else req.prompt_tokens)),
+        cached_tokens=int(details.get("cached_tokens") or 0),
+        output_tokens=int(
+            usage.get("completion_tokens", 0 if status != 200 else req.output_tokens)
+        ),
+        submit_time=req.submit_time,
+        schedule_time=req.submit_time,  # not exposed per request without tracing
+        first_token_time=first_t,
+        finish_time=finish,
+        response=response,
+        status=status,
+    )

@@ -78,7 +78,7 @@ class Continuum(Policy):
     # ---- time-to-live --------------------------------------------------------------------
     def on_response(self, view: ClusterView, program: ProgramView) -> list[Decision]:
         tool = program.current_tool
-        if not tool or program.step >= program.n_steps:
+        if not tool or (program.n_steps is not None and program.step >= program.n_steps):
             return []  # the last call: nothing will come back for this KV
         self._tool_start[program.id] = (tool, view.now)
         guess = self.predicted.get(tool)

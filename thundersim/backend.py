@@ -14,6 +14,18 @@ from typing import Any, Protocol
 
 
 @dataclass(slots=True)
+class Forward:
+    """A client's OpenAI request that a live backend sends on as is (thundersim serve): the
+    endpoint path, the JSON body (the backend sets `model`), and for a streamed call a sink
+    that receives each server-sent event's bytes, then None at the end of the stream."""
+
+    path: str  # "/v1/completions" or "/v1/chat/completions"
+    body: dict
+    sink: Any = None  # asyncio.Queue[bytes | None] when the client asked for a stream
+    client_wants_usage: bool = True  # else the usage-only chunk the backend asked for is dropped
+
+
+@dataclass(slots=True)
 class Request:
     """One LLM call. Token identity is (prefix_id, program_id, position): positions below
     `prefix_tokens` are the shared system prompt, the rest belong to the program."""
@@ -31,6 +43,7 @@ class Request:
     # Identity of the program's own token sequence: the program id, plus an epoch after each
     # context reset (new content, so nothing of the old chain can be a prefix hit).
     chain_id: str = ""
+    forward: Forward | None = None  # a proxied client request (live backends only)
 
     def __post_init__(self) -> None:
         if not self.chain_id:
@@ -50,6 +63,8 @@ class Usage:
     schedule_time: float = 0.0  # first scheduled by the engine
     first_token_time: float = 0.0
     finish_time: float = 0.0
+    response: Any = None  # a forwarded call's JSON response (non-streaming), or error body
+    status: int = 200  # a forwarded call the engine refused keeps its HTTP status
 
     @property
     def queue_s(self) -> float:

@@ -576,6 +576,85 @@ def engine_up(
         engines.stop()
 
 
+@app.command()
+def serve(
+    backends: str = typer.Option(
+        ..., help="Comma-separated vLLM server URLs (the only ones used)."
+    ),
+    policy: str = typer.Option("stp", help="Scheduling policy (see `thundersim policies`)."),
+    router: str = typer.Option("least_loaded", help="Router for request-level placement."),
+    param: list[str] | None = PARAM_OPT,
+    dt: float = DT_OPT,
+    decay: str = DECAY_OPT,
+    seed: int = SEED_OPT,
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    token: str = typer.Option(
+        "", envvar="THUNDERSIM_TOKEN", help="Bearer token clients must send (env THUNDERSIM_TOKEN)."
+    ),
+    max_body_mb: float = typer.Option(8.0, help="Largest request body accepted, in MiB."),
+    idle_release_s: float = typer.Option(
+        1800.0, help="Release a program idle this long between calls (0 = never)."
+    ),
+    out: Path | None = typer.Option(None, help="On exit, write the run's tables here."),
+) -> None:
+    """OpenAI-compatible proxy for real agents: the policy schedules their programs on live
+    replicas. Send `program_id` with each call and POST /programs/release at the end."""
+    from thundersim.serve import Proxy, ServeConfig, serve_until_stopped
+
+    urls = [u.strip() for u in backends.split(",") if u.strip()]
+    try:
+        if not urls:
+            raise ValueError("--backends needs at least one URL")
+        options = PolicyOptions(
+            tick_interval=dt,
+            decay=decay,
+            seed=seed,
+            router=router,
+            params=parse_params(param or []),
+        )
+        pol = registry.make_policy(policy, options)
+        config = ServeConfig(
+            host=host,
+            port=port,
+            token=token or None,
+            max_body_bytes=int(max_body_mb * 2**20),
+            idle_release_s=idle_release_s,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+
+    async def main_async():
+        book = TokenBook(vocab=TINY_VOCAB)  # unused by forwarded calls; kept for the contract
+        live = [VLLMBackend(i, url, book) for i, url in enumerate(urls)]
+        try:
+            for b in live:
+                await b.connect()
+            proxy = Proxy(pol, live, config)
+
+            def ready() -> None:
+                typer.echo(f"serving on http://{host}:{port} ({policy}; {', '.join(urls)})")
+                sys.stdout.flush()
+
+            return await serve_until_stopped(proxy, on_ready=ready)
+        finally:
+            for b in live:
+                await b.close()
+
+    try:
+        result = asyncio.run(main_async())
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc), code=1)
+    if out is not None:
+        result.write(out)
+    s = result.summary
+    typer.echo(
+        f"served {s['programs_completed']} programs, {s['steps_completed']} steps; "
+        f"KV hit rate {100 * s['kv_hit_rate']:.1f} %",
+        err=True,
+    )
+
+
 def main() -> None:
     app()
 

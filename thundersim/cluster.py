@@ -116,8 +116,8 @@ class Cluster:
         fires with the call's Usage once the call has run (after any hold)."""
         if program.status.is_finished or program.pending or program.in_flight:
             raise RuntimeError(f"{program!r} cannot issue a call now")
-        if program.step >= program.n_steps:
-            raise RuntimeError(f"{program!r} has no steps left")
+        if not program.has_call(program.step):
+            raise RuntimeError(f"{program!r} has no call {program.step}")
         event = self.clock.new_event()
         self._waiters[program.id] = event
         program.phase = Phase.REASONING
@@ -174,27 +174,25 @@ class Cluster:
         program.in_flight = True
         program.call_sent_time = self.now
         program.last_backend = program.backend
-        spec = program.spec
-        step = spec.steps[program.step]
-        prompt = spec.prompt_tokens(program.step)
+        i = program.step
+        call = program.call(i)
         # The previous call computed its prompt and all but its last output token (none of it
         # survives a context reset).
-        i = program.step
-        same_chain = i > 0 and spec.epoch(i) == spec.epoch(i - 1)
+        same_chain = i > 0 and call.epoch == program.call(i - 1).epoch
         known = program.context_tokens - 1 if same_chain else 0
-        epoch = spec.epoch(i)
-        program.context_tokens = prompt
+        program.context_tokens = call.prompt_tokens
         backend = program.backend
         request = Request(
             program_id=program.id,
-            step=program.step,
-            prompt_tokens=prompt,
-            output_tokens=step.output_tokens,
-            prefix_id=spec.prefix_id,
-            prefix_tokens=spec.prefix_tokens,
+            step=i,
+            prompt_tokens=call.prompt_tokens,
+            output_tokens=call.output_tokens,
+            prefix_id=program.prefix_id,
+            prefix_tokens=program.prefix_tokens,
             submit_time=self.now,
             known_tokens=known,
-            chain_id=chain_key(program.id, epoch),
+            chain_id=chain_key(program.id, call.epoch),
+            forward=call.forward,
         )
         self.backends[backend].submit(
             request, lambda usage: self._call_done(program, usage, backend)
@@ -203,6 +201,7 @@ class Cluster:
     def _call_done(self, program: Program, usage: Usage, backend: int) -> None:
         program.in_flight = False
         program.context_tokens = usage.prompt_tokens + usage.output_tokens
+        program.peak_context = max(program.peak_context, program.context_tokens)
         program.step += 1
         program.phase = Phase.ACTING
         program.acting_since = self.now

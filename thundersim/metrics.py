@@ -86,14 +86,14 @@ class Recorder:
     def on_step_done(self, program: Program, now: float) -> None:
         usage, backend = self._calls.pop(program.id)
         i = program.step - 1
-        step = program.spec.steps[i]
+        tool = program.call(i).tool
         prep = (program.ready_time - program.arrival_time) if i == 0 else 0.0
         self.steps.append(
             (
                 program.id,
                 i,
                 backend,
-                step.tool,
+                tool,
                 program.call_ready_time,
                 program.call_sent_time,
                 usage.schedule_time,
@@ -209,7 +209,7 @@ class Recorder:
             rows.append(
                 (
                     p.id,
-                    p.spec.workload,
+                    p.workload,
                     p.arrival_time,
                     p.ready_time if p.ready_time is not None else math.nan,
                     p.first_response_time if p.first_response_time is not None else math.nan,
@@ -218,7 +218,7 @@ class Recorder:
                     p.n_steps,
                     p.status.name,
                     ttfr,
-                    p.spec.peak_context,
+                    p.peak_context,
                 )
             )
         return pd.DataFrame(

@@ -8,7 +8,9 @@ whether the scheduler lets it run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from thundersim.trace import ProgramSpec
 
@@ -31,9 +33,23 @@ class Status(IntEnum):
         return self >= Status.DONE
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One LLM call as the Cluster sends it: from the trace (replay) or from a client (serve)."""
+
+    prompt_tokens: int  # context length once the call's new input is appended
+    output_tokens: int  # tokens it generates (a served call: its max_tokens, or an estimate)
+    tool: str = ""  # the tool run after it ("" = none: the final answer)
+    epoch: int = 0  # context resets before it (a reset starts a new KV chain)
+    # A client's OpenAI request that a live backend forwards as is (thundersim.backend.Forward);
+    # None: the backend makes the prompt from the token counts.
+    forward: Any = None
+
+
 class Program:
     """Mutable state of one program. Only the Cluster and the Driver write it; policies read it
-    through `ProgramView`."""
+    through `ProgramView`. This one replays a trace's ProgramSpec; `OpenProgram` is a program
+    whose calls come from a live agent."""
 
     __slots__ = (
         "acting_since",
@@ -50,20 +66,29 @@ class Program:
         "index",
         "last_backend",
         "last_usage",
+        "peak_context",
         "pending",
         "phase",
+        "prefix_id",
+        "prefix_tokens",
         "ready_time",
         "spec",
         "status",
         "step",
         "view",
+        "workload",
     )
 
-    def __init__(self, spec: ProgramSpec, index: int):
+    def __init__(self, spec: ProgramSpec | None, index: int):
         self.spec = spec
-        self.id = spec.id
-        self.index = index  # position in the trace: a stable tie-breaker
-        self.context_tokens = spec.prefix_tokens  # c: tokens of KV the program would hold
+        if spec is not None:
+            self.id = spec.id
+            self.workload = spec.workload
+            self.prefix_id = spec.prefix_id
+            self.prefix_tokens = spec.prefix_tokens
+            self.peak_context = spec.peak_context
+        self.index = index  # position in the trace (or arrival order): a stable tie-breaker
+        self.context_tokens = self.prefix_tokens  # c: tokens of KV the program would hold
         self.backend: int | None = None  # L
         self.phase = Phase.REASONING
         self.status = Status.WAITING
@@ -83,18 +108,59 @@ class Program:
         self.view = ProgramView(self)
 
     @property
-    def n_steps(self) -> int:
+    def n_steps(self) -> int | None:
+        """Calls in the whole program (None: not known in advance, as for a live agent)."""
         return len(self.spec.steps)
+
+    def has_call(self, i: int) -> bool:
+        return i < len(self.spec.steps)
+
+    def call(self, i: int) -> Call:
+        spec = self.spec
+        step = spec.steps[i]
+        return Call(spec.prompt_tokens(i), step.output_tokens, step.tool, spec.epoch(i))
 
     def next_prompt_tokens(self) -> int:
         """Context length of the next LLM call (what it will hold once prefilled)."""
-        return self.spec.prompt_tokens(self.step)
+        return self.call(self.step).prompt_tokens if self.has_call(self.step) else 0
 
     def __repr__(self) -> str:
         return (
             f"Program({self.id}, step {self.step}/{self.n_steps}, c={self.context_tokens}, "
             f"L={self.backend}, {self.phase.name}, {self.status.name})"
         )
+
+
+class OpenProgram(Program):
+    """A program whose calls arrive one at a time from a live agent (thundersim serve): nothing
+    is known ahead, its context grows from what each call's usage reports."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self, program_id: str, index: int, workload: str = "serve"):
+        self.id = program_id
+        self.workload = workload
+        self.prefix_id = None
+        self.prefix_tokens = 0
+        self.peak_context = 0
+        self.calls: list[Call] = []
+        super().__init__(None, index)
+
+    @property
+    def n_steps(self) -> int | None:
+        return None
+
+    def has_call(self, i: int) -> bool:
+        return i < len(self.calls)
+
+    def call(self, i: int) -> Call:
+        return self.calls[i]
+
+    def add_call(self, call: Call) -> None:
+        """The agent's next call (the Cluster is told with `request`)."""
+        if len(self.calls) != self.step:
+            raise RuntimeError(f"{self!r} already has call {self.step}")
+        self.calls.append(call)
 
 
 class ProgramView:
@@ -107,9 +173,9 @@ class ProgramView:
 
     id = property(lambda s: s._p.id)
     index = property(lambda s: s._p.index)
-    workload = property(lambda s: s._p.spec.workload)
-    prefix_id = property(lambda s: s._p.spec.prefix_id)
-    prefix_tokens = property(lambda s: s._p.spec.prefix_tokens)
+    workload = property(lambda s: s._p.workload)
+    prefix_id = property(lambda s: s._p.prefix_id)
+    prefix_tokens = property(lambda s: s._p.prefix_tokens)
     # The prompt of the call that is ready or running (0 otherwise: a scheduler cannot know a
     # call's new input before the agent has produced it).
     next_prompt_tokens = property(
@@ -129,9 +195,7 @@ class ProgramView:
     first_response_time = property(lambda s: s._p.first_response_time)
     current_tool = property(
         lambda s: (
-            s._p.spec.steps[s._p.step - 1].tool
-            if s._p.phase is Phase.ACTING and s._p.step > 0
-            else None
+            s._p.call(s._p.step - 1).tool if s._p.phase is Phase.ACTING and s._p.step > 0 else None
         )
     )
 

@@ -158,6 +158,8 @@ class SimBackend:
         return self.pool.total * self.block_size
 
     def submit(self, req: Request, on_done: Callable[[Usage], None]) -> None:
+        if req.forward is not None:
+            raise ValueError(f"{self.name} is simulated: it cannot answer a client's request")
         need = req.prompt_tokens + req.output_tokens
         if self.max_model_len is not None and need > self.max_model_len:
             raise ValueError(
