@@ -55,7 +55,71 @@ _SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0/1/2, as in TINY_LLAMA
 
 def _corpus(n_lines: int = 4000):
     """Deterministic training text: code- and shell-like lines, the content agents send."""
-    words = ["def", "return", "import", "class", "self", "for", "in", "if", "else", "elif", "while", "try", "except", "with", "as", "from", "print", "open", "read", "write", "file", "path", "error", "test", "pytest", "assert", "git", "diff", "patch", "bash", "ls", "cd", "grep", "sed", "cat", "python", "json", "http", "get", "post", "user", "assistant", "system", "tool", "call", "result", "the", "a", "of", "to", "and", "is", "that", "it", "this", "value", "list", "dict", "str", "int", "none", "true", "false"]
+    words = [
+        "def",
+        "return",
+        "import",
+        "class",
+        "self",
+        "for",
+        "in",
+        "if",
+        "else",
+        "elif",
+        "while",
+        "try",
+        "except",
+        "with",
+        "as",
+        "from",
+        "print",
+        "open",
+        "read",
+        "write",
+        "file",
+        "path",
+        "error",
+        "test",
+        "pytest",
+        "assert",
+        "git",
+        "diff",
+        "patch",
+        "bash",
+        "ls",
+        "cd",
+        "grep",
+        "sed",
+        "cat",
+        "python",
+        "json",
+        "http",
+        "get",
+        "post",
+        "user",
+        "assistant",
+        "system",
+        "tool",
+        "call",
+        "result",
+        "the",
+        "a",
+        "of",
+        "to",
+        "and",
+        "is",
+        "that",
+        "it",
+        "this",
+        "value",
+        "list",
+        "dict",
+        "str",
+        "int",
+        "none",
+        "true",
+        "false",
+    ]
     punct = list("()[]{}:.,=+-*/_<>'\"#\n ")
     state = 12345
     for _ in range(n_lines):
@@ -134,6 +198,9 @@ class LocalEngines:
     port: int = 8100
     kv_blocks: int | None = None
     model: Path | None = None
+    # With a tokenizer in the model folder the servers also answer /v1/chat/completions (what
+    # real agents call through `thundersim serve`); without one prompts must be token ids.
+    chat: bool = False
     workdir: Path = field(default_factory=lambda: Path(".thundersim-engines"))
     extra_args: tuple[str, ...] = ()
     started: list[Replica] = field(default_factory=list)
@@ -158,7 +225,6 @@ class LocalEngines:
             str(port),
             "--load-format",
             "dummy",
-            "--skip-tokenizer-init",
             "--enable-prefix-caching",
             "--enforce-eager",
             "--max-model-len",
@@ -167,13 +233,17 @@ class LocalEngines:
             "bfloat16",
             "--enable-prompt-tokens-details",
         ]
+        if not self.chat:
+            cmd.append("--skip-tokenizer-init")
         if self.kv_blocks:
             cmd += ["--num-gpu-blocks-override", str(self.kv_blocks)]
         return cmd + list(self.extra_args)
 
     def start(self, timeout_s: float = 240.0) -> list[Replica]:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        model = self.model or write_tiny_model(self.workdir / "tiny-llama")
+        model = self.model or write_tiny_model(
+            self.workdir / ("tiny-llama-chat" if self.chat else "tiny-llama"), tokenizer=self.chat
+        )
         env = dict(os.environ)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setdefault("VLLM_CACHE_ROOT", str((self.workdir / "cache").resolve()))
@@ -193,6 +263,7 @@ class LocalEngines:
             deadline = time.monotonic() + timeout_s
             for r in self.started:
                 wait_healthy(r, deadline)
+                warm_up(r)
         except BaseException:
             self.stop()
             raise
@@ -222,6 +293,15 @@ def wait_healthy(r: Replica, deadline: float) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"vLLM at {r.url} not healthy in time; log: {r.log}")
+
+
+def warm_up(r: Replica) -> None:
+    """One sampled request on a fresh server before anyone else's. Measured here (vllm-cpu
+    0.32): when the first request a CPU server ever runs is a few-token prompt with sampling,
+    its worker dies with SIGILL; after any longer first request every size works."""
+    model = httpx.get(f"{r.url}/v1/models", timeout=10).json()["data"][0]["id"]
+    body = {"model": model, "prompt": list(range(3, 259)), "max_tokens": 2, "ignore_eos": True}
+    httpx.post(f"{r.url}/v1/completions", json=body, timeout=120).raise_for_status()
 
 
 def stop_process(proc: subprocess.Popen, grace_s: float = 15.0) -> None:

@@ -304,10 +304,12 @@ class VLLMBackend:
             return
         try:
             async with resp:
+                raw = None
                 if body.get("stream"):
                     data, first = await self._read_stream(resp, fwd)
                 else:
-                    data, first = json.loads(await resp.read()), None
+                    raw = await resp.read()
+                    data, first = json.loads(raw), None
         except _RETRYABLE + (aiohttp.ClientError,) as exc:
             # Broken mid-response: hand the call back (a client stream gets an error event).
             if fwd is not None and fwd.sink is not None:
@@ -322,7 +324,8 @@ class VLLMBackend:
             if ids is None:
                 ids = data["choices"][0].get("token_ids") or []
             self.book.add_output(req, [int(i) for i in ids][: req.output_tokens])
-        on_done(_usage(req, data, start, first, 200, data if fwd and not fwd.sink else None))
+        # a client's non-streamed answer goes back as the engine's bytes (no re-encoding)
+        on_done(_usage(req, data, start, first, 200, raw if fwd is not None else None))
 
     async def _read_stream(self, resp, fwd: Forward | None) -> tuple[dict, float | None]:
         """Read server-sent events; relay them to a client's sink. Returns the final usage (and

@@ -21,11 +21,14 @@ class VLLM(Policy):
     def on_request(self, view: ClusterView, program: ProgramView) -> list[Decision]:
         # Request-level: every call is routed on its own when it is ready, like any request;
         # the first one also admits the program (no admission control at all).
-        if program.status is not Status.ACTIVE:  # first call, or its backend went down
-            return [Restore(program.id, self.router.route(view, program))]
-        if view.n_backends == 1:
+        if view.n_backends == 1 and program.status is Status.ACTIVE:
             return []
-        return [Route(program.id, self.router.route(view, program))]
+        backend = self.router.route(view, program)
+        if backend is None:  # every replica is down: the call waits in the Cluster
+            return []
+        if program.status is not Status.ACTIVE:  # first call, or its backend went down
+            return [Restore(program.id, backend)]
+        return [Route(program.id, backend)]
 
     def on_finish(self, view: ClusterView, program: ProgramView) -> list[Decision]:
         self.router.forget(program)

@@ -63,7 +63,7 @@ class Usage:
     schedule_time: float = 0.0  # first scheduled by the engine
     first_token_time: float = 0.0
     finish_time: float = 0.0
-    response: Any = None  # a forwarded call's JSON response (non-streaming), or error body
+    response: Any = None  # a forwarded call's response bytes (non-streaming), or error body
     status: int = 200  # a forwarded call the engine refused keeps its HTTP status
 
     @property

@@ -548,10 +548,14 @@ def engine_up(
     model: Path | None = typer.Option(
         None, help="Model folder (default: a generated tiny Llama, dummy weights)."
     ),
+    chat: bool = typer.Option(
+        False, help="Give the tiny model a tokenizer so /v1/chat/completions works."
+    ),
     extra: list[str] | None = typer.Argument(None, help="Extra vLLM server arguments."),
 ) -> None:
     """Start local vLLM servers, print one URL per replica, stay until SIGINT/SIGTERM."""
     engines = LocalEngines(
+        chat=chat,
         replicas=replicas,
         port=port,
         kv_blocks=kv_blocks or None,

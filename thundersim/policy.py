@@ -201,7 +201,8 @@ class Router:
 
     name: ClassVar[str] = ""
 
-    def route(self, view: ClusterView, program: ProgramView) -> int:
+    def route(self, view: ClusterView, program: ProgramView) -> int | None:
+        """The backend for the program's ready call; None when no backend is alive."""
         raise NotImplementedError
 
     def forget(self, program: ProgramView) -> None:

@@ -272,6 +272,8 @@ class Proxy:
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()  # aiohttp answers 413 above client_max_size
+        if not any(b.alive for b in self.backends):
+            raise BadRequest("no backend is up", 503)
         path = request.path
         program_id, body = parse_call(path, raw, self.config.max_program_id)
         cluster = self.cluster
@@ -312,7 +314,11 @@ class Proxy:
             self.hold.observe(p.call_sent_time - p.call_ready_time)
             if usage.status != 200:
                 return _passthrough_error(usage)
-            return web.json_response(usage.response, headers=self._headers(p, usage))
+            return web.Response(
+                body=usage.response,
+                content_type="application/json",
+                headers=self._headers(p, usage),
+            )
         first = await sink.get()  # the call ran (after any hold) and its stream began
         self.hold.observe(p.call_sent_time - p.call_ready_time)
         if first is None:  # refused before streaming: no events, only a status
@@ -463,7 +469,8 @@ async def serve_until_stopped(proxy: Proxy, on_ready=None) -> RunResult:
     (programs still open are kept in the tables as they were)."""
     config = proxy.config
     await proxy.start()
-    runner = web.AppRunner(proxy.app(), access_log=None)
+    # On SIGTERM, calls still held or running get a few seconds, not aiohttp's default minute.
+    runner = web.AppRunner(proxy.app(), access_log=None, shutdown_timeout=3.0)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -49,8 +49,10 @@ class CacheAware(Router):
             return program.prefix_tokens
         return 0
 
-    def route(self, view: ClusterView, program: ProgramView) -> int:
+    def route(self, view: ClusterView, program: ProgramView) -> int | None:
         backends = [b for b in view.backends() if b.alive]
+        if not backends:
+            return None
         self._grow(view.n_backends)
         loads = {b.index: b.running + b.waiting for b in backends}
         hi, lo = max(loads.values()), min(loads.values())

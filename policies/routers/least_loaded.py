@@ -21,6 +21,8 @@ class LeastLoaded(Router):
 
     name = "least_loaded"
 
-    def route(self, view: ClusterView, program: ProgramView) -> int:
+    def route(self, view: ClusterView, program: ProgramView) -> int | None:
         alive = [b for b in view.backends() if b.alive]
+        if not alive:
+            return None
         return min(alive, key=lambda b: (load(b), b.index)).index

@@ -16,8 +16,10 @@ class RoundRobin(Router):
     def __init__(self):
         self._next = 0
 
-    def route(self, view: ClusterView, program: ProgramView) -> int:
+    def route(self, view: ClusterView, program: ProgramView) -> int | None:
         alive = [b.index for b in view.backends() if b.alive]
+        if not alive:
+            return None
         pick = alive[self._next % len(alive)]
         self._next += 1
         return pick

@@ -18,12 +18,14 @@ class Sticky(Router):
     def __init__(self):
         self._home: dict[str, int] = {}
 
-    def route(self, view: ClusterView, program: ProgramView) -> int:
+    def route(self, view: ClusterView, program: ProgramView) -> int | None:
         backends = view.backends()
         home = self._home.get(program.id)
         if home is not None and backends[home].alive:
             return home
         alive = [b for b in backends if b.alive]
+        if not alive:
+            return None
         home = min(alive, key=lambda b: (load(b), b.index)).index
         self._home[program.id] = home
         return home
