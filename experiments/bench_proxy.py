@@ -86,12 +86,12 @@ def wait_up(url: str, proc: subprocess.Popen, timeout: float = 240) -> None:
 
 # ---- the agents ------------------------------------------------------------------------------
 async def program(
-    session, pid, engine, proxy, calls, tool_s, rng, lat_direct, lat_proxy, prompt_len
+    session, pid, engine, proxy, calls, tool_s, rng, lat_direct, lat_proxy, prompt_len, model
 ):
     context = [rng.randrange(3, 2000) for _ in range(prompt_len)]
     for i in range(calls):
         via_proxy = (i + pid) % 2 == 0
-        body = {"model": "m", "prompt": context, "max_tokens": 4, "ignore_eos": True}
+        body = {"model": model, "prompt": context, "max_tokens": 4, "ignore_eos": True}
         url = proxy if via_proxy else engine
         if via_proxy:
             body["program_id"] = f"bench-{pid}"
@@ -111,16 +111,20 @@ async def drive(engine, proxy, programs, calls, tool_s, seed, prompt_len):
     lat_p: list[float] = []
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as s:
+        async with s.get(engine + "/v1/models") as r:
+            model = (await r.json())["data"][0]["id"]
         # warm both paths (connections, first-request set-up)
         for url in (engine, proxy):
-            body = {"model": "m", "prompt": [5, 6], "max_tokens": 1, "ignore_eos": True}
+            body = {"model": model, "prompt": [5, 6], "max_tokens": 1, "ignore_eos": True}
             async with s.post(url + "/v1/completions", json=body) as r:
                 await r.read()
         rngs = [random.Random(seed * 1000 + i) for i in range(programs)]
         t0 = time.perf_counter()
         await asyncio.gather(
             *(
-                program(s, i, engine, proxy, calls, tool_s, rngs[i], lat_d, lat_p, prompt_len)
+                program(
+                    s, i, engine, proxy, calls, tool_s, rngs[i], lat_d, lat_p, prompt_len, model
+                )
                 for i in range(programs)
             )
         )
