@@ -56,6 +56,8 @@ def run_sim(
     decay: str = "pow:2",
     block_size: int = 16,
     sample_dt: float = 0.5,
+    tool_manager: str | None = "gc+prefetch",
+    env_disk_limit: int | None = None,
 ) -> RunResult:
     config = RunConfig(
         setup=make_setup(kv_capacity_override=kv_tokens),
@@ -66,6 +68,8 @@ def run_sim(
         sample_dt=sample_dt,
         skip_ahead=skip_ahead,
         check_invariants=check,
+        tool_manager=tool_manager,
+        env_disk_limit=env_disk_limit,
     )
     pol = make_policy(policy, PolicyOptions(tick_interval=dt, decay=decay, seed=seed))
     return simulate(specs, pol, config, trace_name="test")

@@ -322,7 +322,8 @@ def test_live_log_of_a_simulated_run_converts_back_to_the_same_calls(small_trace
         "r0", [(400, 50, 1.0), (300, 40, 2.0), (120, 30, 0.5, True), (90, 20, 0.0)], prep_s=3.0
     )
     specs = [*small_trace, resetting]
-    result = run_sim(specs, concurrency=4, kv_tokens=40_000)
+    # no tool manager: preparation takes exactly the trace's prep_s (no contention model)
+    result = run_sim(specs, concurrency=4, kv_tokens=40_000, tool_manager=None)
     assert len(result.steps) == sum(len(p.steps) for p in specs)
     path = tmp_path / "live.jsonl"
     write_live_log(result, specs, path)  # exactly what a live run writes

@@ -166,6 +166,7 @@ def validate(
             max_batched_tokens=max_batched_tokens,
             latency_profile=profile,
             sample_dt=0.2,
+            tool_manager=None,  # the live side waits each prep_s as it is (no sandbox model)
         )
         sim = simulate(specs, make_policy(policy, options), config).summary
         records += compare_records(policy, sim, live)

@@ -8,9 +8,11 @@ thundersim trace gen --workload swe --programs 300 --seed 0 > traces/swe.jsonl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,11 +23,13 @@ from rich.table import Table
 from tqdm import tqdm
 
 from engine_adapters.local import TINY_VOCAB, LocalEngines
+from engine_adapters.sandbox import DockerSandbox, LocalSandbox
 from engine_adapters.vllm import TokenBook, VLLMBackend
 from policies import registry
 from thundersim import converters, workloads
 from thundersim.calibrate import calibrate, validate
 from thundersim.compare import grid, run_grid
+from thundersim.envs import EnvLimits
 from thundersim.live import run_live, write_live_log
 from thundersim.policy import PolicyOptions, parse_params
 from thundersim.sim.catalog import GPUS, MODELS, make_setup
@@ -141,6 +145,23 @@ def run(
     backends: str = typer.Option("", help="--engine vllm: comma-separated server URLs."),
     time_scale: float = typer.Option(1.0, help="Live: multiply tool/prep/arrival times by this."),
     token_scale: float = typer.Option(1.0, help="Live: multiply every token count by this."),
+    tool_manager: str = typer.Option(
+        "gc+prefetch",
+        help="Tool environments: none (kept until the end), gc (removed when their program "
+        "ends), gc+prefetch (also prepared ahead for the next programs).",
+    ),
+    env_disk_gb: float = typer.Option(0.0, help="Sandbox disk limit in GB (0 = unlimited)."),
+    env_ports: int = typer.Option(0, help="Sandbox port limit (0 = unlimited)."),
+    sandbox: str = typer.Option(
+        "local",
+        help="Live: where environments are made: local (directories, ports, processes) or docker.",
+    ),
+    sandbox_root: Path | None = typer.Option(
+        None, help="Live: folder for local sandboxes (default: a temporary one)."
+    ),
+    disk_scale: float = typer.Option(
+        1e-4, help="Live: bytes written per byte of a sandbox's trace disk size."
+    ),
 ) -> None:
     """Simulate a trace under a policy (or run it live on vLLM) and summarise throughput, hit
     rate and STP cost."""
@@ -165,6 +186,9 @@ def run(
             max_batched_tokens=max_batched_tokens,
             max_num_seqs=max_num_seqs,
             sample_dt=sample_dt,
+            tool_manager=tool_manager,
+            env_disk_limit=int(env_disk_gb * 1e9) or None,
+            env_port_limit=env_ports or None,
         )
         pol = registry.make_policy(policy, options)
         specs = load_trace(trace)
@@ -190,7 +214,19 @@ def run(
         elif engine == "vllm":
             specs = scale_trace(specs, token_scale, time_scale)
             result = _run_fast(
-                _run_live(specs, pol, backends, config, str(trace), seed, sample_dt, tick)
+                _run_live(
+                    specs,
+                    pol,
+                    backends,
+                    config,
+                    str(trace),
+                    seed,
+                    sample_dt,
+                    tick,
+                    sandbox,
+                    sandbox_root,
+                    disk_scale,
+                )
             )
         else:
             raise ValueError(f"unknown engine {engine!r}; valid: sim, vllm")
@@ -211,7 +247,20 @@ def run(
         raise typer.Exit(130)
 
 
-async def _run_live(specs, pol, backends, config, trace, seed, sample_dt, tick):
+def _make_sandbox(kind: str, root: Path | None, disk_scale: float, stack: contextlib.ExitStack):
+    """The live EnvProvider: local directories/ports/processes, or Docker containers."""
+    if kind == "local":
+        if root is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="thundersim-")))
+        return LocalSandbox(root, disk_scale)
+    if kind == "docker":
+        return DockerSandbox()  # says why when no engine is reachable
+    raise ValueError(f"unknown sandbox {kind!r}; valid: local, docker")
+
+
+async def _run_live(
+    specs, pol, backends, config, trace, seed, sample_dt, tick, sandbox, sandbox_root, disk_scale
+):
     urls = [u.strip() for u in backends.split(",") if u.strip()]
     if not urls:
         raise ValueError("--engine vllm needs --backends URL[,URL...]")
@@ -228,9 +277,23 @@ async def _run_live(specs, pol, backends, config, trace, seed, sample_dt, tick):
                     f"program {p.id}: its context reaches {p.peak_context} tokens, above the "
                     f"smallest replica's {fits}; lower --token-scale"
                 )
-        return await run_live(
-            specs, pol, live, config.concurrency, trace, seed, sample_dt, progress=tick
-        )
+        with contextlib.ExitStack() as stack:
+            provider = None
+            if config.tool_manager is not None:
+                provider = _make_sandbox(sandbox, sandbox_root, disk_scale, stack)
+            return await run_live(
+                specs,
+                pol,
+                live,
+                config.concurrency,
+                trace,
+                seed,
+                sample_dt,
+                progress=tick,
+                sandbox=provider,
+                tool_manager=config.tool_manager or "gc",
+                env_limits=EnvLimits(config.env_disk_limit, config.env_port_limit),
+            )
     finally:
         for b in live:
             await b.close()
@@ -266,9 +329,27 @@ def _print_summary(s: dict, out: Path | None) -> None:
     for k, v in s["stp_cost"].items():
         rows.append((f"STP {k}", f"{v:.3g} tok·s ({100 * v / total if total else 0:.1f} %)"))
     rows.append(("STP idle", f"{s['stp_idle']:.3g} tok·s"))
+    env = s.get("env")
+    if env:
+        rows.append(
+            (
+                f"tool envs ({env['mode']})",
+                f"peak disk {env['peak_disk_bytes'] / 1e9:,.1f} GB, peak ports "
+                f"{env['peak_ports']}, left by GC {env['leaked_envs']}",
+            )
+        )
+        rows.append(
+            (
+                "env prep / wait (mean)",
+                f"{env['mean_prep_s']:.1f} s / {env['mean_env_wait_s']:.1f} s "
+                f"({env['prefetched']} prepared ahead)",
+            )
+        )
     for k, v in rows:
         t.add_row(k, v)
-    if s["interrupted"]:
+    if s.get("stopped"):
+        t.add_row("[red]stopped[/red]", s["stopped"])
+    elif s["interrupted"]:
         t.add_row("[red]interrupted[/red]", "partial results")
     console.print(t)
     if out is not None:

@@ -47,9 +47,11 @@ class ProgramFeed:
         programs: Sequence[Program],
         concurrency: int | None,
         on_progress: Callable[[], None] | None = None,
+        envs=None,
     ):
         if concurrency is not None and concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.envs = envs  # the tool resource manager (thundersim.envs.EnvManager), if any
         self.cluster = cluster
         self.queue = deque(programs)
         self.concurrency = concurrency
@@ -66,8 +68,14 @@ class ProgramFeed:
             self.last_start = self.cluster.now
         return p
 
+    def upcoming(self):
+        """Specs of the programs still to start, in the order they will arrive."""
+        return (p.spec for p in self.queue)
+
     def _finished(self, p: Program) -> None:
         self.cluster.finish(p)
+        if self.envs is not None:
+            self.envs.release(p)
         self.completed += 1
         if self.first_finish is None:
             self.first_finish = self.cluster.now
@@ -89,8 +97,9 @@ class Driver(ProgramFeed):
         programs: Sequence[Program],
         concurrency: int | None,
         on_progress: Callable[[], None] | None = None,
+        envs=None,
     ):
-        super().__init__(cluster, programs, concurrency, on_progress)
+        super().__init__(cluster, programs, concurrency, on_progress, envs)
         self.env = env
 
     def start(self) -> None:
@@ -117,8 +126,12 @@ class Driver(ProgramFeed):
 
     def _run(self, p: Program):
         env, cluster = self.env, self.cluster
+        # its environment is asked for first, so the policy sees it (not yet ready) on arrival
+        ready = self.envs.acquire(p) if self.envs is not None else None
         cluster.arrive(p)
-        if p.spec.env.prep_s > 0:
+        if ready is not None:
+            yield ready
+        elif p.spec.env.prep_s > 0:
             yield env.timeout(p.spec.env.prep_s)
         p.ready_time = env.now
         for step in p.spec.steps:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from thundersim.cluster import Cluster
 from thundersim.driver import ProgramFeed
+from thundersim.envs import EnvLimitReached, EnvLimits, EnvManager
 from thundersim.metrics import Recorder
 from thundersim.policy import Policy
 from thundersim.program import Program
@@ -71,14 +72,22 @@ class LiveDriver(ProgramFeed):
 
     async def _program(self, p: Program) -> None:
         cluster = self.cluster
+        envs = self.envs
+        ready = envs.acquire(p) if envs is not None else None
         cluster.arrive(p)
-        if p.spec.env.prep_s > 0:
+        if ready is not None:
+            await ready
+        elif p.spec.env.prep_s > 0:
             await asyncio.sleep(p.spec.env.prep_s)
         p.ready_time = cluster.now
+        run_tool = getattr(envs.provider, "run_tool", None) if envs is not None else None
         for step in p.spec.steps:
             await cluster.request(p)
             if step.tool_s > 0:
-                await asyncio.sleep(step.tool_s)
+                if run_tool is not None and p.envs:
+                    await run_tool(p.envs[0].handle, step.tool, step.tool_s)  # in its sandbox
+                else:
+                    await asyncio.sleep(step.tool_s)
             cluster.tool_done(p)
         self._finished(p)
 
@@ -97,9 +106,15 @@ async def run_live(
     seed: int = 0,
     sample_dt: float = 0.5,
     progress: Callable[[int, float], None] | None = None,
+    sandbox=None,
+    tool_manager: str = "gc+prefetch",
+    env_limits: EnvLimits | None = None,
 ) -> RunResult:
     """Run the (already scaled) trace live. The backends must be connected. Ctrl-C (task
-    cancellation) stops the run and keeps what finished."""
+    cancellation) stops the run and keeps what finished. With a `sandbox` (an EnvProvider such
+    as engine_adapters.sandbox.LocalSandbox) every program's environment is real and managed
+    by the tool resource manager; everything it made is removed when the run ends, however it
+    ends."""
     wall0 = time.perf_counter()
     loop = asyncio.get_running_loop()
     programs = [Program(spec, i) for i, spec in enumerate(specs)]
@@ -109,12 +124,18 @@ async def run_live(
     cluster.observer = recorder
     for b in backends:
         b.on_failure = lambda req, exc: cluster.call_failed(req.program_id)
+    envs = None
+    if sandbox is not None:
+        envs = EnvManager(cluster.clock, sandbox, tool_manager, env_limits)
     driver = LiveDriver(
         cluster,
         programs,
         concurrency,
         on_progress=lambda: progress(driver.completed, cluster.now) if progress else None,
+        envs=envs,
     )
+    if envs is not None and concurrency is not None:
+        envs.upcoming = driver.upcoming
 
     async def sampler() -> None:
         while True:
@@ -125,10 +146,13 @@ async def run_live(
     interrupted = False
     try:
         await driver.run()
-    except (asyncio.CancelledError, KeyboardInterrupt):
+    except (asyncio.CancelledError, KeyboardInterrupt, EnvLimitReached):
         interrupted = True
     finally:
         sampling.cancel()
+        if envs is not None:
+            envs.mark_end()
+            envs.close()
     for b in backends:
         if b.alive:
             try:
@@ -142,11 +166,11 @@ async def run_live(
         "concurrency": concurrency,
         "replicas": len(backends),
         "seed": seed,
-        "setup": "live: " + ", ".join(b.url for b in backends),
+        "setup": "live: " + ", ".join(b.name for b in backends),
         "kv_capacity_tokens": min(b.capacity_tokens for b in backends),
     }
     wall = time.perf_counter() - wall0
-    return result_of(meta, cluster.now, wall, interrupted, driver, recorder, backends)
+    return result_of(meta, cluster.now, wall, interrupted, driver, recorder, backends, envs)
 
 
 def live_records(result: RunResult, specs: Sequence[ProgramSpec]) -> list[dict]:

@@ -193,6 +193,8 @@ class ProgramView:
     acting_since = property(lambda s: s._p.acting_since)
     arrival_time = property(lambda s: s._p.arrival_time)
     first_response_time = property(lambda s: s._p.first_response_time)
+    # Its tool environments are prepared (T): a program waiting for disk or ports is not.
+    env_ready = property(lambda s: all(e.ready for e in s._p.envs))
     current_tool = property(
         lambda s: (
             s._p.call(s._p.step - 1).tool if s._p.phase is Phase.ACTING and s._p.step > 0 else None

@@ -16,6 +16,7 @@ import simpy
 
 from thundersim.cluster import Cluster
 from thundersim.driver import Driver, SimClock
+from thundersim.envs import MODES, EnvLimitReached, EnvLimits, EnvManager
 from thundersim.metrics import STP_TERMS, Recorder, quantile, steady_window, write_tables
 from thundersim.policy import Policy
 from thundersim.program import Program, Status
@@ -27,6 +28,7 @@ from thundersim.sim.engine import (
     SimBackend,
 )
 from thundersim.sim.latency import LatencyModel, LatencyProfile, roofline_profile
+from thundersim.sim.sandbox import SimSandbox, contended_prep
 from thundersim.trace import ProgramSpec
 
 # Simulated seconds between progress updates / interrupt and deadlock checks.
@@ -63,6 +65,11 @@ class RunConfig:
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     sample_dt: float = 1.0  # seconds between memory / STP samples
     latency_profile: LatencyProfile | None = None  # None: the setup's roofline
+    # The tool resource manager (thundersim.envs): none | gc | gc+prefetch; None = no manager
+    # (each program just waits its trace prep_s, nothing is accounted).
+    tool_manager: str | None = "gc+prefetch"
+    env_disk_limit: int | None = None  # bytes of sandbox disk (None: unlimited)
+    env_port_limit: int | None = None
     skip_ahead: bool = True  # False: every engine iteration one by one (reference mode)
     check_invariants: bool = False  # verify KV block invariants after every engine step
 
@@ -75,6 +82,10 @@ class RunConfig:
             raise ValueError(f"duration must be > 0, got {self.duration_s}")
         if self.block_size < 1 or self.max_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("block size, token budget and max seqs must be >= 1")
+        if self.tool_manager is not None and self.tool_manager not in MODES:
+            raise ValueError(
+                f"unknown tool manager {self.tool_manager!r}; valid: {', '.join(MODES)}"
+            )
 
 
 @dataclass
@@ -83,13 +94,15 @@ class RunResult:
     steps: pd.DataFrame
     programs: pd.DataFrame
     memory: pd.DataFrame
+    env_usage: pd.DataFrame | None = None  # disk / ports / environments over time
+    env_preps: pd.DataFrame | None = None  # one row per environment: prep time, concurrency
 
     def write(self, out: str | Path) -> None:
-        write_tables(
-            Path(out),
-            self.summary,
-            {"steps": self.steps, "programs": self.programs, "memory": self.memory},
-        )
+        frames = {"steps": self.steps, "programs": self.programs, "memory": self.memory}
+        if self.env_usage is not None:
+            frames["env_usage"] = self.env_usage
+            frames["env_preps"] = self.env_preps
+        write_tables(Path(out), self.summary, frames)
 
 
 def check_fits(programs: Sequence[ProgramSpec], config: RunConfig) -> None:
@@ -146,7 +159,18 @@ def simulate(
         if progress is not None:
             progress(driver.completed, env.now)
 
-    driver = Driver(env, cluster, programs, config.concurrency, on_progress)
+    envs = None
+    if config.tool_manager is not None:
+        envs = EnvManager(
+            SimClock(env),
+            SimSandbox(env),
+            config.tool_manager,
+            EnvLimits(config.env_disk_limit, config.env_port_limit),
+            prep_time=contended_prep,
+        )
+    driver = Driver(env, cluster, programs, config.concurrency, on_progress, envs)
+    if envs is not None and config.concurrency is not None:
+        envs.upcoming = driver.upcoming  # a closed loop knows who arrives next
     driver.start()
 
     def sampler():
@@ -156,6 +180,7 @@ def simulate(
 
     env.process(sampler())
     interrupted = False
+    stopped = None
     horizon = config.duration_s if config.duration_s is not None else float("inf")
     stalled = 0
     last_iterations = -1
@@ -174,7 +199,13 @@ def simulate(
                 )
     except KeyboardInterrupt:
         interrupted = True
+    except EnvLimitReached as exc:
+        interrupted = True
+        stopped = str(exc)
     recorder.finalize(env.now)
+    if envs is not None:
+        envs.mark_end()
+        envs.close()
     wall = time.perf_counter() - wall0
     meta = {
         "policy": policy.name,
@@ -185,7 +216,10 @@ def simulate(
         "setup": setup.name,
         "kv_capacity_tokens": setup.kv_capacity_tokens,
     }
-    return result_of(meta, env.now, wall, interrupted, driver, recorder, backends)
+    result = result_of(meta, env.now, wall, interrupted, driver, recorder, backends, envs)
+    if stopped:
+        result.summary["stopped"] = stopped
+    return result
 
 
 def imbalance(memory: pd.DataFrame, capacity: int) -> dict:
@@ -201,7 +235,9 @@ def imbalance(memory: pd.DataFrame, capacity: int) -> dict:
     }
 
 
-def result_of(meta: dict, now, wall, interrupted, driver, recorder, backends) -> RunResult:
+def result_of(
+    meta: dict, now, wall, interrupted, driver, recorder, backends, envs=None
+) -> RunResult:
     """Tables and summary of a finished (or interrupted) run, sim or live alike; `meta` holds
     policy, trace, concurrency, replicas, seed, setup and kv_capacity_tokens."""
     steps = recorder.steps_frame()
@@ -244,4 +280,7 @@ def result_of(meta: dict, now, wall, interrupted, driver, recorder, backends) ->
         "pins": sum(s.extra.get("pins", 0) for s in stats),
         **imbalance(memory, meta["kv_capacity_tokens"]),
     }
-    return RunResult(summary, steps, programs, memory)
+    if envs is None:
+        return RunResult(summary, steps, programs, memory)
+    summary["env"] = envs.summary(recorder.programs.values())
+    return RunResult(summary, steps, programs, memory, envs.usage_frame(), envs.preps_frame())
