@@ -179,7 +179,8 @@ class EnvManager:
     # ---- tables ------------------------------------------------------------------------------
     def usage_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
-            self._usage, columns=["t", "disk_bytes", "ports", "envs", "preparing", "waiting"]
+            self._usage,
+            columns=["t", "disk_bytes", "ports", "envs", "preparing", "waiting", "finished"],
         )
 
     def preps_frame(self) -> pd.DataFrame:
@@ -364,5 +365,6 @@ class EnvManager:
                 len(self.envs),
                 self.preparing,
                 len(self._queue),
+                len(self._finishes),  # programs finished so far (disk vs processed workflows)
             )
         )
