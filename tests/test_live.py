@@ -98,16 +98,20 @@ def test_live_log_replays_in_simulation(engine, tmp_path):
 
 
 def test_cli_run_live_writes_the_same_tables_plus_the_step_log(engine, tmp_path):
-    """`thundersim run --engine vllm` replays a scaled trace on the server and writes the
-    simulator's tables, summary.json and steps.jsonl."""
+    """`thundersim run --engine vllm` replays a scaled trace on the server with real sandboxes
+    and writes the simulator's tables, summary.json and steps.jsonl; no sandbox is left."""
+    from dataclasses import replace
+
     from typer.testing import CliRunner
 
     from thundersim.cli import app
-    from thundersim.trace import dump_trace
+    from thundersim.trace import EnvSpec, dump_trace
 
     trace = tmp_path / "t.jsonl"
+    env = EnvSpec(prep_s=0.6, disk_bytes=2 * 10**9, ports=2)
     with trace.open("w") as fp:
-        dump_trace(small_trace(4), fp)
+        dump_trace([replace(p, env=env) for p in small_trace(4)], fp)
+    boxes = tmp_path / "boxes"
     out = tmp_path / "out"
     result = CliRunner().invoke(
         app,
@@ -131,6 +135,8 @@ def test_cli_run_live_writes_the_same_tables_plus_the_step_log(engine, tmp_path)
             str(out),
             "--json",
             "--no-progress",
+            "--sandbox-root",
+            str(boxes),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -140,10 +146,16 @@ def test_cli_run_live_writes_the_same_tables_plus_the_step_log(engine, tmp_path)
         "steps.parquet",
         "programs.parquet",
         "memory.parquet",
+        "env_usage.parquet",
+        "env_preps.parquet",
         "summary.json",
         "steps.jsonl",
     ):
         assert (out / name).exists(), name
+    assert summary["env"]["envs_prepared"] == 4 and summary["env"]["leaked_envs"] == 0
+    assert summary["env"]["peak_ports"] >= 2
+    assert summary["env"]["mean_prep_s"] >= 0.3  # 0.6 s x time scale 0.5, really waited
+    assert list(boxes.iterdir()) == []  # every sandbox removed
 
 
 def test_engine_up_serves_until_sigterm_then_stops_its_servers(tmp_path):
