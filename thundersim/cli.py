@@ -740,6 +740,80 @@ def serve(
     )
 
 
+EXECUTOR_OPT = typer.Option("local", help="local (processes here) or ray (a Ray cluster).")
+WORKERS_OPT = typer.Option(0, help="Parallel workers (0 = one per CPU).")
+CACHE_OPT = typer.Option(Path("runs/cache"), help="Cache of finished points (by input hash).")
+REDUCED_OPT = typer.Option(False, help="The specs' reduced grids (what CI runs).")
+
+
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(
+        ..., help="Experiment spec (TOML), e.g. experiments/specs/fig4a.toml."
+    ),
+    executor: str = EXECUTOR_OPT,
+    workers: int = WORKERS_OPT,
+    ray_address: str = typer.Option("", help="--executor ray: address of an existing cluster."),
+    reduced: bool = REDUCED_OPT,
+    cache: Path = CACHE_OPT,
+    out: Path = typer.Option(Path("runs/sweeps"), help="Writes NAME.parquet and NAME.csv here."),
+) -> None:
+    """Run a spec's grid (cached points are reused; an interrupted sweep resumes) as one table."""
+    from thundersim.sweep import SpecError, load_spec, run_sweep
+
+    try:
+        s = load_spec(spec)
+        total = len(s.points(reduced))
+        bar = tqdm(total=total, unit="pt", desc=s.name, file=sys.stderr, leave=False)
+        result = run_sweep(
+            s, cache, reduced, executor, workers or None, ray_address or None, on_done=bar.update
+        )
+        bar.close()
+    except SpecError as exc:
+        _fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    result.table.to_parquet(out / f"{s.name}.parquet", index=False)
+    result.table.to_csv(out / f"{s.name}.csv", index=False)
+    typer.echo(
+        f"{s.name}: {len(result.table)} points ({result.ran} run, {result.cached} cached) -> "
+        f"{out / s.name}.parquet",
+        err=True,
+    )
+    if result.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command()
+def figures(
+    only: list[str] | None = typer.Option(
+        None, help="Only these figures (spec names; repeatable)."
+    ),
+    out: Path = typer.Option(Path("figures"), help="PNG/PDF figures, data/ tables and REPORT.md."),
+    reduced: bool = REDUCED_OPT,
+    executor: str = EXECUTOR_OPT,
+    workers: int = WORKERS_OPT,
+    cache: Path = CACHE_OPT,
+) -> None:
+    """Regenerate every figure and table of the paper and write figures/REPORT.md."""
+    from thundersim.figures import regenerate, specs_in
+    from thundersim.sweep import SpecError
+
+    try:
+        total = sum(len(s.points(reduced)) for s in specs_in(only=only) if s.grid)
+        bar = tqdm(total=total, unit="pt", desc="figures", file=sys.stderr, leave=False)
+        results, timing = regenerate(
+            out, cache, only, reduced, executor, workers or None, on_done=bar.update
+        )
+        bar.close()
+    except (SpecError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{len(results)} figures -> {out}/ ({timing['points_run']} points simulated, "
+        f"{timing['points_cached']} cached, {timing['total_s']:.0f} s)",
+        err=True,
+    )
+
+
 def _run_fast(coro):
     """asyncio.run on uvloop where it is installed: it roughly halves the proxy's CPU per
     request (measured by experiments/bench_proxy.py), which on a machine that also runs the

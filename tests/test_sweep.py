@@ -1,0 +1,190 @@
+"""Declarative sweeps: specs, the grid, the cache (re-run only what changed, resume after an
+interruption), the local and Ray executors, and `thundersim figures` on small specs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from thundersim.cli import app
+from thundersim.sweep import SpecError, load_spec, point_key, run_sweep
+from thundersim.trace import dump_trace
+
+from .conftest import make_program
+
+SPEC = """
+name = "mini"
+title = "Throughput vs programs (test)"
+kind = "line"
+keep = ["memory"]
+
+[base]
+trace = "{trace}"
+kv_tokens = 6000
+dt = 1.0
+
+[grid]
+policy = ["vllm", "stp"]
+concurrency = [2, 4]
+
+[reduced]
+concurrency = [2]
+
+[plot]
+x = "concurrency"
+series = "policy"
+metrics = ["throughput_steps_per_min", "kv_hit_rate"]
+
+[paper.throughput_steps_per_min]
+vllm = [10, 12]
+stp = [10, 20]
+"""
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    with trace.open("w") as fp:
+        dump_trace(
+            [make_program(f"p{i}", [(300, 20, 2.0)] * 4, prefix=("sys", 200)) for i in range(8)],
+            fp,
+        )
+    path = tmp_path / "mini.toml"
+    path.write_text(SPEC.format(trace=trace))
+    return path
+
+
+def test_the_grid_is_the_product_and_reduced_replaces_lists(spec_file):
+    spec = load_spec(spec_file)
+    full = spec.points()
+    assert [(p["policy"], p["concurrency"]) for p in full] == [
+        ("vllm", 2),
+        ("vllm", 4),
+        ("stp", 2),
+        ("stp", 4),
+    ]
+    assert all(p["kv_tokens"] == 6000 and p["router"] == "least_loaded" for p in full)
+    assert [p["concurrency"] for p in spec.points(reduced=True)] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            'name = "x"\nkind = "line"\n[grid]\nconcurency = [1]\n',
+            "'concurency' is not a run parameter",
+        ),
+        ('name = "x"\nkind = "line"\n[grid]\npolicy = "stp"\n', "must be a non-empty list"),
+        ('kind = "line"\n', "field 'name' must be a string"),
+        ('name = "x"\nkind = "line"\nkeep = ["disk"]\n', "keep ['disk']"),
+        ('name = "x"\nkind = \n', "mini.toml"),
+    ],
+)
+def test_bad_specs_name_the_file_and_field(tmp_path, text, message):
+    path = tmp_path / "mini.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_spec(path)
+
+
+def test_points_are_cached_by_their_inputs_and_only_what_changed_reruns(spec_file, tmp_path):
+    cache = tmp_path / "cache"
+    spec = load_spec(spec_file)
+    first = run_sweep(spec, cache, workers=2)
+    assert (first.ran, first.cached) == (4, 0)
+    assert len(first.table) == 4 and (first.table.throughput_steps_per_min > 0).all()
+    again = run_sweep(spec, cache, workers=2)
+    assert (again.ran, again.cached) == (0, 4)
+    assert again.table.equals(first.table)
+    # one input changes for half of the grid: only that half runs
+    spec.grid["concurrency"] = [2, 3]
+    changed = run_sweep(spec, cache, workers=2)
+    assert (changed.ran, changed.cached) == (2, 2)
+    # the trace's bytes are an input too
+    key = point_key(spec.points()[0], spec.keep)
+    trace = Path(spec.base["trace"])
+    lines = trace.read_text().splitlines(keepends=True)
+    trace.write_text("".join(lines[:-1]))  # one program fewer
+    from thundersim import sweep
+
+    sweep._file_hash.cache_clear()
+    assert point_key(spec.points()[0], spec.keep) != key
+
+
+def test_an_interrupted_sweep_resumes_with_what_it_finished(spec_file, tmp_path):
+    """A point is cached whole or not at all; the next run only does the missing ones."""
+    cache = tmp_path / "cache"
+    spec = load_spec(spec_file)
+    partial = run_sweep(spec, cache, reduced=True, workers=1)  # as if stopped after two points
+    assert partial.ran == 2
+    stray = cache / "deadbeef.tmp123"  # a half-written point left by a kill
+    stray.mkdir()
+    rest = run_sweep(spec, cache, workers=2)
+    assert (rest.ran, rest.cached) == (2, 2)
+    assert len(rest.table) == 4
+    for folder in rest.folders:
+        assert (folder / "summary.json").exists() and (folder / "memory.parquet").exists()
+
+
+def test_the_ray_executor_runs_the_same_points(spec_file, tmp_path):
+    pytest.importorskip("ray")
+    spec = load_spec(spec_file)
+    local = run_sweep(spec, tmp_path / "a", reduced=True, workers=1)
+    ray_run = run_sweep(spec, tmp_path / "b", reduced=True, executor="ray", workers=1)
+    assert ray_run.ran == local.ran
+    cols = ["policy", "concurrency", "throughput_steps_per_min", "kv_hit_rate", "preemptions"]
+    assert ray_run.table[cols].equals(local.table[cols])  # deterministic under the seed
+
+
+def test_cli_sweep_writes_one_table(spec_file, tmp_path):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            str(spec_file),
+            "--cache",
+            str(tmp_path / "c"),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    import pandas as pd
+
+    t = pd.read_parquet(out / "mini.parquet")
+    assert len(t) == 4 and {"policy", "concurrency", "kv_hit_rate"} <= set(t.columns)
+    bad = CliRunner().invoke(app, ["sweep", str(tmp_path / "nope.toml")])
+    assert bad.exit_code == 2 and "nope.toml" in bad.output
+
+
+def test_figures_draws_and_reports_against_the_paper(spec_file, tmp_path, monkeypatch):
+    from thundersim import figures
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "mini.toml").write_text(spec_file.read_text())
+    (specs / "gap.toml").write_text(
+        'name = "gap"\ntitle = "Not modelled"\nkind = "unsupported"\nreason = "no CPU KV tier"\n'
+    )
+    monkeypatch.setattr(figures, "SPEC_DIR", specs)
+    out = tmp_path / "figs"
+    results, timing = figures.regenerate(out, tmp_path / "cache", workers=2)
+    assert (out / "mini.png").stat().st_size > 0 and (out / "mini.pdf").exists()
+    assert (out / "data" / "mini.csv").exists()
+    report = (out / "REPORT.md").read_text()
+    assert "## mini: Throughput vs programs (test)" in report
+    assert "| throughput_steps_per_min | vllm | 2 |" in report
+    assert "Not regenerated.** no CPU KV tier" in report
+    mini = next(r for r in results if r.spec.name == "mini")
+    assert len(mini.rows) == 4  # paper numbers for two series at two x values
+    assert any("ordered as in the paper" in line for line in mini.reading)
+    assert timing["points_run"] == 4
+    _, again = figures.regenerate(out, tmp_path / "cache", workers=2)
+    assert again["points_run"] == 0 and again["points_cached"] == 4
+    assert json.loads(json.dumps(again))  # plain data
