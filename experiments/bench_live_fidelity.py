@@ -1,6 +1,6 @@
 """Benchmark: simulator vs a real vLLM after calibration, on a small pressured trace.
 
-    python experiments/bench_live_fidelity.py [--programs 16] [--concurrency 8] [--kv-blocks 32]
+    python experiments/bench_live_fidelity.py [--programs 16] [--concurrency 12] [--kv-blocks 22]
 
 Starts one local vLLM (CPU build, tiny dummy-weight model, KV pool capped at --kv-blocks x 128
 tokens), calibrates the latency model against it, then runs the first N programs of the bundled
@@ -12,6 +12,7 @@ within 15 %). Needs `make vllm`.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -24,10 +25,16 @@ from thundersim.trace import load_trace, scale_trace
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--programs", type=int, default=16)
-    ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--kv-blocks", type=int, default=32)
+    ap.add_argument("--concurrency", type=int, default=12)
+    ap.add_argument("--kv-blocks", type=int, default=22)
     ap.add_argument("--token-scale", type=float, default=0.05)
     ap.add_argument("--time-scale", type=float, default=0.05)
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("experiments/results/live_fidelity.json"),
+        help="records for `thundersim figures` (own_validation)",
+    )
     args = ap.parse_args()
     specs = scale_trace(
         load_trace("traces/swe.jsonl")[: args.programs], args.token_scale, args.time_scale
@@ -47,6 +54,11 @@ def main() -> None:
                 f"# profile: overhead {1e3 * profile.overhead_s:.2f} ms, "
                 f"{1e6 * profile.c_token:.2f} us/token, {1e9 * profile.c_pair:.2f} ns/pair"
             )
+            setup = (
+                f"{len(specs)} swe programs (tokens x {args.token_scale}, times x "
+                f"{args.time_scale}), {args.concurrency} at once needing {demand} KV tokens at "
+                f"their peak against a {capacity}-token pool; tiny CPU vLLM, calibrated profile"
+            )
             records = validate(
                 url,
                 specs,
@@ -54,6 +66,8 @@ def main() -> None:
                 args.concurrency,
                 PolicyOptions(tick_interval=0.5, decay="none"),
             )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"setup": setup, "records": records}, indent=2) + "\n")
     print(f"{'policy':6s} {'metric':26s} {'sim':>10s} {'live':>10s} {'error':>8s}")
     for r in records:
         err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f}%"
