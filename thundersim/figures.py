@@ -144,6 +144,13 @@ def _save(fig, res: FigureResult, out: Path, name: str | None = None) -> None:
     plt.close(fig)
 
 
+def _series(t: pd.DataFrame, key) -> pd.Series:
+    """The series of each row: one grid key, or several joined with '/' (e.g. policy/tool)."""
+    if isinstance(key, list):
+        return t[key].astype(str).agg("/".join, axis=1)
+    return t[key].astype(str)
+
+
 def _label(spec: Spec, value) -> str:
     return str(spec.raw.get("plot", {}).get("labels", {}).get(str(value), value))
 
@@ -219,15 +226,16 @@ def draw_timeline(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) 
     _scalar_rows(spec, t, s_key, res)
 
 
-def _scalar_rows(spec: Spec, t: pd.DataFrame, s_key: str, res: FigureResult, x=None) -> None:
+def _scalar_rows(spec: Spec, t: pd.DataFrame, s_key, res: FigureResult, x=None) -> None:
+    series = _series(t, s_key)
     for metric in spec.raw.get("plot", {}).get("metrics", []):
         paper = _paper(spec, metric)
-        for _, row in t.iterrows():
-            v = paper.get(str(row[s_key]))
+        for (_, row), name in zip(t.iterrows(), series, strict=True):
+            v = paper.get(name)
             if isinstance(v, list):
                 v = v[0] if v else math.nan
             if isinstance(v, int | float):
-                res.rows.append(Comparison(metric, str(row[s_key]), x, float(row[metric]), v))
+                res.rows.append(Comparison(metric, name, x, float(row[metric]), v))
 
 
 def draw_disk(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) -> None:
@@ -284,7 +292,7 @@ def draw_breakdown(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path)
     s_key = spec.raw.get("plot", {}).get("series", "policy")
     t = sweep.table
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(6.6, 2.4))
-    labels = [_label(spec, v) for v in t[s_key]]
+    labels = [_label(spec, v) for v in _series(t, s_key)]
     left = np.zeros(len(t))
     for part in BREAKDOWN:
         v = t[f"step_breakdown_mean_s.{part}"].fillna(0).to_numpy()
@@ -318,15 +326,17 @@ def draw_table(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) -> 
         ax.legend(frameon=False)
     fig.suptitle(spec.title, fontsize=8)
     _save(fig, res, out)
+    order = [str(v) for v in _xs(spec, r_key)]  # paper lists follow the full grid's rows
+    row_labels = plot.get("row_labels", {})
     for metric in metrics:
         paper = _paper(spec, metric)
         for _, row in t.iterrows():
-            by_row = paper.get(str(row[r_key]))
-            v = by_row.get(str(row[s_key])) if isinstance(by_row, dict) else None
-            if isinstance(v, int | float):
-                res.rows.append(
-                    Comparison(metric, str(row[s_key]), row[r_key], float(row[metric]), v)
-                )
+            values = paper.get(str(row[s_key]))
+            where = str(row[r_key])
+            if isinstance(values, list) and where in order and order.index(where) < len(values):
+                v = values[order.index(where)]
+                label = row_labels.get(where, where)
+                res.rows.append(Comparison(metric, str(row[s_key]), label, float(row[metric]), v))
 
 
 def draw_tool_cdf(spec: Spec, sweep, res: FigureResult, out: Path) -> None:
@@ -344,7 +354,8 @@ def draw_tool_cdf(spec: Spec, sweep, res: FigureResult, out: Path) -> None:
         for tool, v in sorted(by_tool.items()):
             v = np.sort(np.asarray(v))
             ax.plot(np.maximum(v, 1e-3), np.arange(1, len(v) + 1) / len(v), label=tool)
-            if tool in paper:
+            where = spec.raw.get("paper", {}).get("tool_trace", {}).get(tool, path)
+            if tool in paper and where == path:
                 p95, p99 = paper[tool]
                 res.rows.append(
                     Comparison("tool p95 (s)", tool, path, float(np.quantile(v, 0.95)), p95)
