@@ -22,7 +22,7 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -c "import vllm"
 	touch $(VLLM_STAMP)
 
-.PHONY: install vllm run test lint bench traces
+.PHONY: install vllm run test lint bench traces figures
 install: $(STAMP)
 vllm: $(VLLM_STAMP)
 
@@ -34,6 +34,9 @@ test: $(STAMP) $(VLLM_STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check thundersim policies engine_adapters tests experiments
+
+figures: $(STAMP)
+	$(BIN)/thundersim figures --out figures
 
 bench: $(STAMP)
 	$(BIN)/python experiments/bench_sim_speed.py

@@ -799,7 +799,17 @@ def figures(
     from thundersim.sweep import SpecError
 
     try:
-        total = sum(len(s.points(reduced)) for s in specs_in(only=only) if s.grid)
+        from thundersim.figures import SIM_KINDS
+        from thundersim.sweep import point_key
+
+        total = len(  # distinct points: specs that share one run it once
+            {
+                point_key(p, s.keep)
+                for s in specs_in(only=only)
+                if s.kind in SIM_KINDS
+                for p in s.points(reduced)
+            }
+        )
         bar = tqdm(total=total, unit="pt", desc="figures", file=sys.stderr, leave=False)
         results, timing = regenerate(
             out, cache, only, reduced, executor, workers or None, on_done=bar.update

@@ -127,11 +127,16 @@ def regenerate(
     timing = {
         "simulate_s": t_sim,
         "total_s": time.perf_counter() - t0,
-        "points_run": sum(r.ran for r in sweeps),
-        "points_cached": sum(r.cached for r in sweeps),
+        # distinct points: a point two specs share is one run
+        "points_run": len(set().union(*(r.ran_folders for r in sweeps))),
+        "points_cached": len(
+            {f for r in sweeps for f in r.folders} - set().union(*(r.ran_folders for r in sweeps))
+        ),
         "reduced": reduced,
     }
-    write_report(results, out / ("REPORT-reduced.md" if reduced else "REPORT.md"), timing)
+    # the full report only from a full run; --only and --reduced write their own
+    name = "REPORT-reduced.md" if reduced else "REPORT-partial.md" if only else "REPORT.md"
+    write_report(results, out / name, timing)
     return results, timing
 
 
@@ -190,7 +195,7 @@ def draw_line(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) -> N
                     mfc="none",
                     color=line.get_color(),
                     alpha=0.7,
-                    label=f"{_label(spec, series)} (paper)" if n == 0 else None,
+                    label="paper (dashed, hollow)" if n == 0 else None,
                 )
                 for x, v in zip(full_xs, values, strict=False):
                     sim = group.loc[group[x_key] == x, metric]
@@ -201,7 +206,7 @@ def draw_line(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) -> N
         ax.set_xlabel(x_key.replace("_", " "))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     axes[0][0].legend(frameon=False)
-    fig.suptitle(spec.title, fontsize=8)
+    fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
 
 
@@ -221,7 +226,7 @@ def draw_timeline(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) 
         ax.set_xlabel("time (min)")
         ax.set_ylabel("KV used / capacity")
     axes[0][0].legend(frameon=False)
-    fig.suptitle(spec.title, fontsize=8)
+    fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
     _scalar_rows(spec, t, s_key, res)
 
@@ -253,10 +258,10 @@ def draw_disk(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) -> N
     ax.set_xlabel("workflows processed")
     ax.set_ylabel("sandbox disk (TB)")
     ax.legend(frameon=False)
-    fig.suptitle(spec.title, fontsize=8)
+    fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
     paper = _paper(spec, "disk").get("crosses_2tb_at_workflows")
-    for series, at in crossing.items():
+    for series, at in sorted(crossing.items()):
         if paper is not None and at is not None:
             res.rows.append(Comparison("workflows when disk crosses 2 TB", series, None, at, paper))
         elif at is None:
@@ -279,7 +284,7 @@ def draw_prep(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) -> N
     ax.set_xlabel("parallel workflows")
     ax.set_ylabel(METRIC_LABELS["prep_s"])
     ax.legend(frameon=False)
-    fig.suptitle(spec.title, fontsize=8)
+    fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
     for x, sim, p in zip(xs, first_wave, paper, strict=False):
         res.rows.append(Comparison("prep_s", "stp", x, sim, p))
@@ -300,9 +305,10 @@ def draw_breakdown(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path)
         left += v
     ax.set_xlabel("mean seconds per step")
     ax.legend(frameon=False, ncol=3, fontsize=6)
-    ax2.bar(labels, t["env.peak_disk_bytes"] / 1e12)
-    ax2.set_ylabel("peak sandbox disk (TB)")
-    fig.suptitle(spec.title, fontsize=8)
+    ax2.barh(labels, t["env.peak_disk_bytes"] / 1e12)
+    ax2.set_xlabel("peak sandbox disk (TB)")
+    ax2.set_yticklabels([])
+    fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
     _scalar_rows(spec, t, s_key, res)
 
@@ -324,7 +330,7 @@ def draw_table(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) -> 
         pivot.plot.bar(ax=ax, rot=0)
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         ax.legend(frameon=False)
-    fig.suptitle(spec.title, fontsize=8)
+    fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
     order = [str(v) for v in _xs(spec, r_key)]  # paper lists follow the full grid's rows
     row_labels = plot.get("row_labels", {})
@@ -340,14 +346,14 @@ def draw_table(spec: Spec, sweep: SweepResult, res: FigureResult, out: Path) -> 
 
 
 def draw_tool_cdf(spec: Spec, sweep, res: FigureResult, out: Path) -> None:
-    from thundersim.trace import load_trace
+    from thundersim.sweep import _load
 
     traces = spec.raw.get("traces", [])
     paper = _paper(spec, "tool_p95_p99")
     fig, axes = plt.subplots(1, len(traces), figsize=(2.6 * len(traces), 2.4), squeeze=False)
     for ax, path in zip(axes[0], traces, strict=True):
         by_tool: dict[str, list[float]] = {}
-        for p in load_trace(ROOT / path):
+        for p in _load(path):  # a bundled trace, or gen:WORKLOAD:N:SEED for larger samples
             for s in p.steps:
                 if s.tool:
                     by_tool.setdefault(s.tool, []).append(s.tool_s)
@@ -364,11 +370,11 @@ def draw_tool_cdf(spec: Spec, sweep, res: FigureResult, out: Path) -> None:
                     Comparison("tool p99 (s)", tool, path, float(np.quantile(v, 0.99)), p99)
                 )
         ax.set_xscale("log")
-        ax.set_title(Path(path).stem)
+        ax.set_title(Path(path).stem if not path.startswith("gen:") else path.split(":")[1])
         ax.set_xlabel("tool seconds")
         ax.legend(frameon=False, fontsize=6)
     axes[0][0].set_ylabel("CDF")
-    fig.suptitle(spec.title, fontsize=8)
+    fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
 
 
@@ -393,7 +399,7 @@ def draw_validation(spec: Spec, sweep, res: FigureResult, out: Path) -> None:
     ax.axhline(15, color="gray", ls=":", lw=1)
     ax.axhline(-15, color="gray", ls=":", lw=1)
     ax.set_ylabel("sim vs live error (%)")
-    fig.suptitle(spec.title, fontsize=8)
+    fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
     res.table_md = "| policy | metric | sim | live | error |\n|---|---|---|---|---|\n" + "\n".join(
         f"| {r['policy']} | {r['metric']} | {_fmt(r['sim'])} | {_fmt(r['live'])} | "
@@ -432,6 +438,8 @@ def _read(res: FigureResult) -> None:
         for (m, s), v in by_series.items()
     ]
     res.reading.append("Geometric-mean ratio — " + "; ".join(parts) + ".")
+    if res.spec.kind not in ("line", "table"):
+        return  # ordering means policies compared at one x
     by_x: dict[tuple, list[Comparison]] = {}
     for r in rows:
         by_x.setdefault((r.metric, str(r.x)), []).append(r)
@@ -502,6 +510,9 @@ def write_report(results: list[FigureResult], path: Path, timing: dict) -> None:
             lines.append("")
         for text in res.reading:
             lines += [text, ""]
+        reading = spec.raw.get("reading", "").strip()
+        if reading:  # what we know of why the numbers differ, written after looking at them
+            lines += [f"*Reading.* {reading}", ""]
         note = spec.raw.get("note", "").strip()
         if note:
             lines += [f"*Note.* {note}", ""]

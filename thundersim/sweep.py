@@ -132,12 +132,29 @@ def load_spec(path: str | Path) -> Spec:
 
 
 # ---- hashing -------------------------------------------------------------------------------------
+# Modules that cannot change a simulated point (front ends, live mode, plotting): editing them
+# keeps the cache.
+_NOT_SIMULATION = {
+    "thundersim/cli.py",
+    "thundersim/figures.py",
+    "thundersim/sweep.py",
+    "thundersim/serve.py",
+    "thundersim/live.py",
+    "thundersim/calibrate.py",
+    "thundersim/compare.py",
+    "thundersim/trace_stats.py",
+}
+
+
 @cache
 def code_hash() -> str:
     """The simulator's source: a point's result depends on it."""
     h = hashlib.sha256()
     for folder in ("thundersim", "policies"):
         for f in sorted((ROOT / folder).rglob("*.py")):
+            rel = str(f.relative_to(ROOT))
+            if rel in _NOT_SIMULATION or rel.startswith("thundersim/converters/"):
+                continue
             h.update(str(f.relative_to(ROOT)).encode())
             h.update(f.read_bytes())
     return h.hexdigest()
@@ -263,6 +280,7 @@ class SweepResult:
     ran: int
     cached: int
     interrupted: bool
+    ran_folders: set = field(default_factory=set)  # the points this call simulated
 
 
 def run_sweep(
@@ -322,9 +340,11 @@ def run_sweeps(
             for p, f in zip(points, folders, strict=True)
             if (f / "summary.json").exists()
         ]
-        ran = sum(1 for f in folders if f in set(todo_folders))
+        ran = {f for f in folders if f in set(todo_folders)}
         results.append(
-            SweepResult(pd.DataFrame(rows), folders, ran, len(folders) - ran, interrupted)
+            SweepResult(
+                pd.DataFrame(rows), folders, len(ran), len(folders) - len(ran), interrupted, ran
+            )
         )
     return results
 
