@@ -275,19 +275,19 @@ def test_bad_requests_get_4xx_with_a_reason(guarded):
 
     async def overlap():
         async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) as c:
-            # near the engine's max_model_len (2,944): long enough to overlap what follows
-            body = dict(ok, program_id="twice", max_tokens=2900)
-            first = asyncio.create_task(c.post("/v1/completions", json=body))
-            while True:  # until the call is running on the engine
-                await asyncio.sleep(0.01)
-                progs = (await c.get("/programs")).json()["programs"]
-                if any(p["program_id"] == "twice" and p["in_flight"] for p in progs):
-                    break
-            second, busy = await asyncio.gather(
-                c.post("/v1/completions", json=body),
-                c.post("/programs/release", json={"program_id": "twice"}),
-            )
-            return (await first).status_code, second, busy
+            # a streamed call near the engine's max_model_len (2,944): once its first event is
+            # here it is running on the engine, and has seconds of decoding left
+            body = dict(ok, program_id="twice", max_tokens=2900, stream=True)
+            async with c.stream("POST", "/v1/completions", json=body) as first:
+                lines = first.aiter_lines()
+                await anext(lines)
+                second, busy = await asyncio.gather(
+                    c.post("/v1/completions", json=dict(body, stream=False)),
+                    c.post("/programs/release", json={"program_id": "twice"}),
+                )
+                async for _ in lines:  # read it to the end
+                    pass
+                return first.status_code, second, busy
 
     first, second, busy = asyncio.run(overlap())
     assert first == 200
