@@ -270,37 +270,80 @@ def test_bad_requests_get_4xx_with_a_reason(guarded):
     long = {"prompt": [5] * 3200, "max_tokens": 2, "program_id": "long"}
     r = httpx.post(url + "/v1/completions", headers=AUTH, content=json.dumps(long), timeout=30)
     assert r.status_code == 400 and "maximum context length" in r.text
-    # a second call of a program while its first is running, and a released id reused
     assert httpx.get(url + "/health").status_code == 200  # no token needed to probe health
 
-    async def overlap():
-        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) as c:
-            # a streamed call near the engine's max_model_len (2,944): once its first event is
-            # here it is running on the engine, and has seconds of decoding left
-            body = dict(ok, program_id="twice", max_tokens=2900, stream=True)
-            async with c.stream("POST", "/v1/completions", json=body) as first:
-                lines = first.aiter_lines()
-                await anext(lines)
-                second, busy = await asyncio.gather(
-                    c.post("/v1/completions", json=dict(body, stream=False)),
-                    c.post("/programs/release", json={"program_id": "twice"}),
-                )
-                async for _ in lines:  # read it to the end
-                    pass
-                return first.status_code, second, busy
 
-    first, second, busy = asyncio.run(overlap())
-    assert first == 200
+class _HeldBackend:
+    """A backend whose calls finish only when the test says so: the in-progress cases below
+    must not depend on how fast an engine is."""
+
+    def __init__(self):
+        from thundersim.backend import EngineStats
+
+        self.index, self.name, self.alive, self.model = 0, "held", True, "held-model"
+        self.capacity_tokens = 100_000
+        self.calls: list = []
+        self._stats = EngineStats(capacity_tokens=self.capacity_tokens, used_tokens=0)
+
+    def submit(self, req, on_done):
+        self.calls.append((req, on_done))
+
+    def finish_all(self):
+        from thundersim.backend import Usage
+
+        for req, on_done in self.calls:
+            body = json.dumps({"usage": {"prompt_tokens": req.prompt_tokens}}).encode()
+            on_done(Usage(req.prompt_tokens, 0, 1, response=body))
+        self.calls.clear()
+
+    def stats(self):
+        return self._stats
+
+    def pin(self, program_id, ttl_s):
+        pass
+
+
+def test_a_program_has_one_call_at_a_time_and_a_released_id_is_not_reused():
+    from aiohttp import web
+
+    from policies import make_policy
+    from thundersim.policy import PolicyOptions
+    from thundersim.serve import Proxy, ServeConfig
+
+    async def main():
+        backend = _HeldBackend()
+        proxy = Proxy(make_policy("vllm", PolicyOptions()), [backend], ServeConfig(port=0))
+        await proxy.start()
+        runner = web.AppRunner(proxy.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        body = {"prompt": [5, 6, 7], "max_tokens": 4, "program_id": "twice"}
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+                first = asyncio.create_task(c.post("/v1/completions", json=body))
+                while not backend.calls:  # until the proxy has sent it to the backend
+                    await asyncio.sleep(0.01)
+                second = await c.post("/v1/completions", json=body)
+                busy = await c.post("/programs/release", json={"program_id": "twice"})
+                backend.finish_all()
+                done = await first
+                released = await c.post("/programs/release", json={"program_id": "twice"})
+                again = await c.post("/v1/completions", json=body)
+                twice = await c.post("/programs/release", json={"program_id": "twice"})
+                return second, busy, done, released, again, twice
+        finally:
+            await runner.cleanup()
+            await proxy.stop()
+
+    second, busy, done, released, again, twice = asyncio.run(main())
     assert second.status_code == 409 and "in progress" in second.json()["error"]["message"]
-    assert busy.status_code == 409
-    assert (
-        httpx.post(
-            url + "/programs/release", headers=AUTH, json={"program_id": "twice"}
-        ).status_code
-        == 200
-    )
-    again = httpx.post(url + "/v1/completions", headers=AUTH, json=dict(ok, program_id="twice"))
+    assert busy.status_code == 409 and "in progress" in busy.json()["error"]["message"]
+    assert done.status_code == 200 and done.headers["x-thundersim-backend"] == "0"
+    assert released.status_code == 200 and released.json()["status"] == "DONE"
     assert again.status_code == 409 and "released" in again.json()["error"]["message"]
+    assert twice.status_code == 409 and "already released" in twice.json()["error"]["message"]
 
 
 class _Canary(BaseHTTPRequestHandler):
