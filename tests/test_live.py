@@ -265,14 +265,21 @@ def test_calibrate_then_validate_against_the_live_engine(engine, tmp_path):
     path = tmp_path / "profile.json"
     profile.save(path)
     loaded = LatencyProfile.load(path)
-    assert loaded.overhead_s > 0 and loaded.c_token > 0
+    # NNLS may put all of prefill on the per-pair term (a per-token cost of 0 was seen here)
+    assert loaded.overhead_s > 0 and loaded.c_token >= 0 and loaded.c_pair >= 0
+    assert loaded.c_token + loaded.c_pair > 0
     assert len(samples["X"]) >= 6
     specs = small_trace(6)
     records = validate(engine.url, specs, loaded, 6, PolicyOptions(tick_interval=0.5))
     assert {(r["policy"], r["metric"]) for r in records} == {
         (p, m)
         for p in ("vllm", "stp")
-        for m in ("throughput_steps_per_min", "kv_hit_rate", "preemptions")
+        for m in (
+            "throughput_steps_per_min",
+            "throughput_whole_run_steps_per_min",
+            "kv_hit_rate",
+            "preemptions",
+        )
     }
     for r in records:
         if r["metric"] == "kv_hit_rate":

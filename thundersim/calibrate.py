@@ -122,7 +122,12 @@ def rel_error(sim: float, live: float) -> float | None:
 
 def compare_records(policy: str, sim: dict, live: dict) -> list[dict]:
     out = []
-    for metric in ("throughput_steps_per_min", "kv_hit_rate", "preemptions"):
+    for metric in (
+        "throughput_steps_per_min",
+        "throughput_whole_run_steps_per_min",
+        "kv_hit_rate",
+        "preemptions",
+    ):
         s, v = float(sim[metric]), float(live[metric])
         out.append(
             {"policy": policy, "metric": metric, "sim": s, "live": v, "rel_error": rel_error(s, v)}

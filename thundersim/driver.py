@@ -60,6 +60,7 @@ class ProgramFeed:
         self.completed = 0
         self.last_start: float | None = None  # when the trace ran out of programs to start
         self.first_finish: float | None = None
+        self.last_finish: float | None = None
 
     def _next(self) -> Program:
         p = self.queue.popleft()
@@ -79,6 +80,7 @@ class ProgramFeed:
         self.completed += 1
         if self.first_finish is None:
             self.first_finish = self.cluster.now
+        self.last_finish = self.cluster.now
         if self.on_progress is not None:
             self.on_progress()
 

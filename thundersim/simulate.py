@@ -202,7 +202,9 @@ def simulate(
     except EnvLimitReached as exc:
         interrupted = True
         stopped = str(exc)
-    recorder.finalize(env.now)
+    # The run ends with its last program, not at the end of the chunk the loop ran to.
+    end = driver.last_finish if driver.done and driver.last_finish is not None else env.now
+    recorder.finalize(end)
     if envs is not None:
         envs.mark_end()
         envs.close()
@@ -216,7 +218,7 @@ def simulate(
         "setup": setup.name,
         "kv_capacity_tokens": setup.kv_capacity_tokens,
     }
-    result = result_of(meta, env.now, wall, interrupted, driver, recorder, backends, envs)
+    result = result_of(meta, end, wall, interrupted, driver, recorder, backends, envs)
     if stopped:
         result.summary["stopped"] = stopped
     return result
@@ -243,6 +245,8 @@ def result_of(
     steps = recorder.steps_frame()
     programs = recorder.programs_frame()
     memory = recorder.memory_frame()
+    if len(memory):
+        memory = memory[memory.t <= now]  # samples taken after the last program finished
     start, end, steady = steady_window(driver.first_finish, driver.last_start, now)
     in_window = steps[(steps.done_t >= start) & (steps.done_t <= end)] if len(steps) else steps
     minutes = (end - start) / 60.0
@@ -263,6 +267,9 @@ def result_of(
         "steady_window": [start, end],
         "steady": steady,
         "throughput_steps_per_min": len(in_window) / minutes if minutes > 0 else 0.0,
+        # over the whole run, ramp-up and drain included: what a short trace can measure stably
+        # (its steady window may hold only a handful of steps)
+        "throughput_whole_run_steps_per_min": 60 * len(steps) / now if now > 0 else 0.0,
         "kv_hit_rate": hits / queries if queries else 0.0,
         "preemptions": sum(s.preemptions for s in stats),
         "recompute_tokens": sum(s.recompute_tokens for s in stats),
