@@ -24,7 +24,6 @@ import contextlib
 import hmac
 import itertools
 import json
-import math
 import signal
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from thundersim.backend import Forward, Usage
 from thundersim.cluster import Cluster
+from thundersim.converters._common import estimate_tokens
 from thundersim.driver import ProgramFeed
 from thundersim.live import LoopClock
 from thundersim.metrics import Recorder
@@ -43,7 +43,6 @@ from thundersim.policy import Policy
 from thundersim.program import Call, OpenProgram, Phase, Status
 from thundersim.simulate import RunResult, result_of
 
-CHARS_PER_TOKEN = 4  # prompt size before the engine has tokenized it (as the converters)
 MESSAGE_OVERHEAD = 4  # chat-template tokens per message (role markers), an estimate
 SERVED_TOOL = "agent"  # what a served program does between calls is its agent's business
 PROXY_FIELDS = ("program_id", "extra_body")
@@ -86,11 +85,11 @@ def estimate_prompt_tokens(path: str, body: dict) -> int:
             content = m.get("content")
             if isinstance(content, list):  # content parts: count their text
                 content = " ".join(str(part.get("text", "")) for part in content)
-            n += math.ceil(len(content or "") / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD
+            n += estimate_tokens(content or "") + MESSAGE_OVERHEAD
         return max(n, 1)
     prompt = body["prompt"]
     if isinstance(prompt, str):
-        return max(math.ceil(len(prompt) / CHARS_PER_TOKEN), 1)
+        return max(estimate_tokens(prompt), 1)
     return max(len(prompt), 1)
 
 
