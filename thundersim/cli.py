@@ -32,9 +32,9 @@ from thundersim.compare import grid, run_grid
 from thundersim.envs import EnvLimits
 from thundersim.live import run_live, write_live_log
 from thundersim.policy import PolicyOptions, parse_params
-from thundersim.sim.catalog import GPUS, MODELS, make_setup
+from thundersim.sim.catalog import GPUS, MODELS
 from thundersim.sim.latency import LatencyProfile
-from thundersim.simulate import RunConfig, check_fits, simulate
+from thundersim.simulate import build_run, check_fits, simulate
 from thundersim.trace import TraceError, dump_trace, load_trace, scale_trace
 from thundersim.trace_stats import trace_stats
 
@@ -75,38 +75,6 @@ PARAM_OPT = typer.Option(
 )
 PROFILE_OPT = typer.Option(None, help="Calibrated latency profile (JSON) instead of the roofline.")
 JSON_OPT = typer.Option(False, "--json", help="Print JSON only on stdout.")
-
-
-def _build(
-    *,
-    router: str,
-    params: list[str] | None,
-    dt: float,
-    decay: str,
-    seed: int,
-    gpu: str,
-    model: str,
-    tp: int,
-    weight_dtype: str,
-    kv_dtype: str,
-    kv_tokens: int,
-    latency_profile: Path | None,
-    **config,
-) -> tuple[PolicyOptions, RunConfig]:
-    """Policy options and run config from CLI values (ValueError on anything invalid)."""
-    options = PolicyOptions(
-        tick_interval=dt, decay=decay, seed=seed, router=router, params=parse_params(params or [])
-    )
-    setup = make_setup(
-        gpu,
-        model,
-        tp,
-        weight_dtype,
-        kv_dtype,
-        kv_capacity_override=None if kv_tokens == 0 else kv_tokens,
-    )
-    profile = LatencyProfile.load(latency_profile) if latency_profile else None
-    return options, RunConfig(setup=setup, seed=seed, latency_profile=profile, **config)
 
 
 @app.command()
@@ -166,7 +134,7 @@ def run(
     """Simulate a trace under a policy (or run it live on vLLM) and summarise throughput, hit
     rate and STP cost."""
     try:
-        options, config = _build(
+        options, config = build_run(
             router=router,
             params=param,
             dt=dt,
@@ -405,7 +373,7 @@ def compare(
         router_list = [r.strip() for r in routers.split(",") if r.strip()]
         if not names or not levels or not router_list or min(levels) < 0:
             raise ValueError("--policies, --concurrency and --routers need at least one value")
-        options, config = _build(
+        options, config = build_run(
             router=router_list[0],
             params=param,
             dt=dt,

@@ -18,7 +18,7 @@ from thundersim.cluster import Cluster
 from thundersim.driver import Driver, SimClock
 from thundersim.envs import MODES, EnvLimitReached, EnvLimits, EnvManager
 from thundersim.metrics import STP_TERMS, Recorder, quantile, steady_window, write_tables
-from thundersim.policy import Policy
+from thundersim.policy import Policy, PolicyOptions, parse_params
 from thundersim.program import Program, Status
 from thundersim.sim.catalog import Setup, make_setup
 from thundersim.sim.engine import (
@@ -103,6 +103,39 @@ class RunResult:
             frames["env_usage"] = self.env_usage
             frames["env_preps"] = self.env_preps
         write_tables(Path(out), self.summary, frames)
+
+
+def build_run(
+    *,
+    router: str,
+    params: list[str] | None,
+    dt: float,
+    decay: str,
+    seed: int,
+    gpu: str,
+    model: str,
+    tp: int,
+    weight_dtype: str,
+    kv_dtype: str,
+    kv_tokens: int,
+    latency_profile: Path | None,
+    **config,
+) -> tuple[PolicyOptions, RunConfig]:
+    """Policy options and run config from plain values, as the CLI and sweep specs give them
+    (ValueError on anything invalid)."""
+    options = PolicyOptions(
+        tick_interval=dt, decay=decay, seed=seed, router=router, params=parse_params(params or [])
+    )
+    setup = make_setup(
+        gpu,
+        model,
+        tp,
+        weight_dtype,
+        kv_dtype,
+        kv_capacity_override=None if kv_tokens == 0 else kv_tokens,
+    )
+    profile = LatencyProfile.load(latency_profile) if latency_profile else None
+    return options, RunConfig(setup=setup, seed=seed, latency_profile=profile, **config)
 
 
 def check_fits(programs: Sequence[ProgramSpec], config: RunConfig) -> None:

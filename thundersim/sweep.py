@@ -203,32 +203,25 @@ def _load(trace: str):
 def run_point(point: dict, keep: Iterable[str] = ()) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Simulate one point: (summary, kept tables)."""
     from policies import make_policy
-    from thundersim.policy import PolicyOptions, parse_params
-    from thundersim.sim.catalog import make_setup
-    from thundersim.simulate import RunConfig, simulate
+    from thundersim.simulate import build_run, simulate
 
     p = point
-    options = PolicyOptions(
-        tick_interval=p["dt"],
+    options, config = build_run(
+        router=p["router"],
+        params=list(p["params"]),
+        dt=p["dt"],
         decay=p["decay"],
         seed=p["seed"],
-        router=p["router"],
-        params=parse_params(list(p["params"])),
-    )
-    setup = make_setup(
-        p["gpu"],
-        p["model"],
-        p["tp"],
-        p["weight_dtype"],
-        p["kv_dtype"],
-        kv_capacity_override=p["kv_tokens"] or None,
-    )
-    config = RunConfig(
-        setup=setup,
+        gpu=p["gpu"],
+        model=p["model"],
+        tp=p["tp"],
+        weight_dtype=p["weight_dtype"],
+        kv_dtype=p["kv_dtype"],
+        kv_tokens=p["kv_tokens"],
+        latency_profile=None,
         replicas=p["replicas"],
         concurrency=p["concurrency"] or None,
         duration_s=p["duration"] or None,
-        seed=p["seed"],
         sample_dt=p["sample_dt"],
         tool_manager=p["tool_manager"] if p["tool_manager"] != "off" else None,
         env_disk_limit=int(p["env_disk_gb"] * 1e9) or None,
