@@ -89,6 +89,40 @@ def run_point(trace: str, point: Point, config: RunConfig, options: PolicyOption
     return row(point, result.summary)
 
 
+def pool_map(
+    fn: Callable,
+    jobs: Sequence[tuple],
+    workers: int | None,
+    on_result: Callable[[int, object], None],
+    on_error: Callable[[int, Exception], Exception] | None = None,
+) -> bool:
+    """fn(*job) for every job in worker processes; on_result(i, value) as each one finishes.
+    A failing job raises (on_error(i, exc) when given, to name the job). Returns True when
+    Ctrl-C stopped it: the results already handed over are kept, the rest cancelled."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    i = futures[f]
+                    try:
+                        value = f.result()
+                    except Exception as exc:
+                        named = on_error(i, exc) if on_error is not None else exc
+                        if named is exc:
+                            raise
+                        raise named from exc
+                    on_result(i, value)
+        except KeyboardInterrupt:
+            for f in pending:
+                f.cancel()
+            return True
+    return False
+
+
 def run_grid(
     trace: str,
     points: Sequence[Point],
@@ -98,24 +132,14 @@ def run_grid(
     on_done: Callable[[dict], None] | None = None,
 ) -> tuple[pd.DataFrame, bool]:
     """Run every point; returns (table in grid order, interrupted)."""
-    workers = max(1, min(workers or os.cpu_count() or 1, len(points)))
     rows: dict[int, dict] = {}
-    interrupted = False
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {
-            pool.submit(run_point, trace, pt, config, options): i for i, pt in enumerate(points)
-        }
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    rows[futures[f]] = f.result()
-                    if on_done is not None:
-                        on_done(rows[futures[f]])
-        except KeyboardInterrupt:
-            interrupted = True
-            for f in pending:
-                f.cancel()
+
+    def keep(i: int, row: dict) -> None:
+        rows[i] = row
+        if on_done is not None:
+            on_done(row)
+
+    jobs = [(trace, pt, config, options) for pt in points]
+    interrupted = pool_map(run_point, jobs, workers, keep)
     table = pd.DataFrame([rows[i] for i in sorted(rows)], columns=COLUMNS)
     return table, interrupted

@@ -27,7 +27,6 @@ import json
 import os
 import tomllib
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import product
@@ -343,28 +342,20 @@ def run_sweeps(
 
 
 def _run_local(points, folders, keeps, rows, workers, _address, on_done) -> bool:
-    workers = max(1, min(workers or os.cpu_count() or 1, len(points)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {
-            pool.submit(_run_and_store, p, k, str(f)): i
-            for i, (p, k, f) in enumerate(zip(points, keeps, folders, strict=True))
-        }
-        pending = set(futures)
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    try:
-                        rows[futures[f]] = f.result()
-                    except (ValueError, TraceError) as exc:
-                        raise SpecError(f"point {points[futures[f]]}: {exc}") from exc
-                    if on_done:
-                        on_done()
-        except KeyboardInterrupt:
-            for f in pending:
-                f.cancel()
-            return True
-    return False
+    from thundersim.compare import pool_map
+
+    def keep(i: int, row: dict) -> None:
+        rows[i] = row
+        if on_done:
+            on_done()
+
+    def name(i: int, exc: Exception) -> Exception:
+        if isinstance(exc, ValueError | TraceError):
+            return SpecError(f"point {points[i]}: {exc}")
+        return exc
+
+    jobs = [(p, k, str(f)) for p, k, f in zip(points, keeps, folders, strict=True)]
+    return pool_map(_run_and_store, jobs, workers, keep, name)
 
 
 def _run_ray(points, folders, keeps, rows, workers, address, on_done) -> bool:
