@@ -85,3 +85,27 @@ def small_trace():
         ]
         programs.append(make_program(f"p{i:02d}", steps, prefix=("sys", 300), prep_s=i % 2))
     return programs
+
+
+class StubBackend:
+    """A live-style backend with no engine behind it: tests give it their own `submit` (answer
+    at once, or only when told). Stats are an idle pool."""
+
+    def __init__(self, name: str = "stub", capacity_tokens: int = 1_000_000):
+        from thundersim.backend import EngineStats
+
+        self.index, self.name, self.alive, self.model = 0, name, True, f"{name}-model"
+        self.capacity_tokens = capacity_tokens
+        self._stats = EngineStats(capacity_tokens=capacity_tokens, used_tokens=0)
+
+    def submit(self, req, on_done):
+        raise NotImplementedError
+
+    def stats(self):
+        return self._stats
+
+    def pin(self, program_id, ttl_s):
+        pass
+
+    async def refresh(self):
+        pass

@@ -22,7 +22,7 @@ from thundersim.policy import Policy, PolicyOptions
 from thundersim.sim.sandbox import PREP_REF_K, contended_prep, prep_seconds
 from thundersim.trace import EnvSpec, ProgramSpec, StepSpec
 
-from .conftest import run_sim
+from .conftest import StubBackend, run_sim
 
 GB = 10**9
 
@@ -210,16 +210,9 @@ def test_a_local_sandbox_has_real_files_ports_and_processes_and_leaves_nothing(t
     assert not any(port_in_use(p) for p in ports)
 
 
-class _InstantBackend:
+class _InstantBackend(StubBackend):
     """An in-process engine that answers every call after a short wait: the sandboxes are what
     these tests are about."""
-
-    def __init__(self):
-        from thundersim.backend import EngineStats
-
-        self.index, self.name, self.alive = 0, "instant", True
-        self.capacity_tokens = 1_000_000
-        self._stats = EngineStats(capacity_tokens=self.capacity_tokens, used_tokens=0)
 
     def submit(self, req, on_done):
         from thundersim.backend import Usage
@@ -242,15 +235,6 @@ class _InstantBackend:
             )
 
         asyncio.get_running_loop().create_task(answer())
-
-    def stats(self):
-        return self._stats
-
-    def pin(self, program_id, ttl_s):
-        pass
-
-    async def refresh(self):
-        pass
 
 
 def _live(specs, root, mode="gc+prefetch", cancel_after=None):
@@ -275,7 +259,7 @@ def _live(specs, root, mode="gc+prefetch", cancel_after=None):
         box._prepare = spy
         pol = make_policy("stp", PolicyOptions(tick_interval=0.2))
         run = asyncio.create_task(
-            run_live(specs, pol, [_InstantBackend()], 3, sandbox=box, tool_manager=mode)
+            run_live(specs, pol, [_InstantBackend("instant")], 3, sandbox=box, tool_manager=mode)
         )
         if cancel_after is not None:
             await asyncio.sleep(cancel_after)

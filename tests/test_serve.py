@@ -22,6 +22,8 @@ import pytest
 from engine_adapters.local import LocalEngines
 from thundersim.serve import BadRequest, estimate_prompt_tokens, parse_call
 
+from .conftest import StubBackend
+
 KV_BLOCKS = 24  # x 128 = 3,072 tokens: six programs' contexts do not all fit at once
 ENGINE_PORT = 8271
 PROXY_PORT = 8281
@@ -273,17 +275,13 @@ def test_bad_requests_get_4xx_with_a_reason(guarded):
     assert httpx.get(url + "/health").status_code == 200  # no token needed to probe health
 
 
-class _HeldBackend:
+class _HeldBackend(StubBackend):
     """A backend whose calls finish only when the test says so: the in-progress cases below
     must not depend on how fast an engine is."""
 
     def __init__(self):
-        from thundersim.backend import EngineStats
-
-        self.index, self.name, self.alive, self.model = 0, "held", True, "held-model"
-        self.capacity_tokens = 100_000
+        super().__init__("held", capacity_tokens=100_000)
         self.calls: list = []
-        self._stats = EngineStats(capacity_tokens=self.capacity_tokens, used_tokens=0)
 
     def submit(self, req, on_done):
         self.calls.append((req, on_done))
@@ -295,12 +293,6 @@ class _HeldBackend:
             body = json.dumps({"usage": {"prompt_tokens": req.prompt_tokens}}).encode()
             on_done(Usage(req.prompt_tokens, 0, 1, response=body))
         self.calls.clear()
-
-    def stats(self):
-        return self._stats
-
-    def pin(self, program_id, ttl_s):
-        pass
 
 
 def test_a_program_has_one_call_at_a_time_and_a_released_id_is_not_reused():
