@@ -69,6 +69,14 @@ class ProgramFeed:
             self.last_start = self.cluster.now
         return p
 
+    def _arrive(self, p: Program):
+        """The program arrives; returns the event its environment fires when ready (None with
+        no tool manager). The environment is asked for first, so the policy sees it (not yet
+        ready) on arrival."""
+        ready = self.envs.acquire(p) if self.envs is not None else None
+        self.cluster.arrive(p)
+        return ready
+
     def upcoming(self):
         """Specs of the programs still to start, in the order they will arrive."""
         return (p.spec for p in self.queue)
@@ -128,9 +136,7 @@ class Driver(ProgramFeed):
 
     def _run(self, p: Program):
         env, cluster = self.env, self.cluster
-        # its environment is asked for first, so the policy sees it (not yet ready) on arrival
-        ready = self.envs.acquire(p) if self.envs is not None else None
-        cluster.arrive(p)
+        ready = self._arrive(p)
         if ready is not None:
             yield ready
         elif p.spec.env.prep_s > 0:

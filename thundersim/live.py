@@ -73,8 +73,7 @@ class LiveDriver(ProgramFeed):
     async def _program(self, p: Program) -> None:
         cluster = self.cluster
         envs = self.envs
-        ready = envs.acquire(p) if envs is not None else None
-        cluster.arrive(p)
+        ready = self._arrive(p)
         if ready is not None:
             await ready
         elif p.spec.env.prep_s > 0:
