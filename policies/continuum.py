@@ -78,8 +78,10 @@ class Continuum(Policy):
     # ---- time-to-live --------------------------------------------------------------------
     def on_response(self, view: ClusterView, program: ProgramView) -> list[Decision]:
         tool = program.current_tool
-        if not tool or (program.n_steps is not None and program.step >= program.n_steps):
-            return []  # the last call: nothing will come back for this KV
+        if not tool:
+            return []  # no tool follows: nothing will come back for this KV
+        # Whether this was the program's last call is unknown (a live agent does not announce
+        # it): a pin after it is dropped when the program finishes (Cluster.finish).
         self._tool_start[program.id] = (tool, view.now)
         guess = self.predicted.get(tool)
         if guess is None or guess > self.p["pin_threshold_s"]:

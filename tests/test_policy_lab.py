@@ -212,17 +212,57 @@ def test_continuum_pins_only_up_to_the_threshold_and_scales_the_ttl():
     assert observe_tool(above, c, q, 1.0) == []  # 10.5 > 10: not worth holding memory for
 
 
-def test_continuum_does_not_pin_after_the_last_call():
-    """A trace may end a program with a tool call; nothing will reuse that KV."""
+def test_policies_cannot_see_how_many_calls_a_program_will_make():
+    """A live agent does not announce its step count: the view has no n_steps (the Program
+    keeps it for the recorder's tables)."""
     c = LabCluster([100_000])
-    pol = policy("continuum")
-    steps = (StepSpec(100, 10, "bash", 2.0), StepSpec(100, 10, "bash", 2.0))
-    last_has_tool = ProgramSpec("p", "lab", 0.0, "sys", 64, EnvSpec(), steps)
-    p = c.add("p", 1000, Status.ACTIVE, Phase.REASONING, 0, program_spec=last_has_tool)
-    observe_tool(pol, c, p, 2.0)  # bash now has history
-    p.step, p.phase, p.acting_since = p.n_steps, Phase.ACTING, c.now
-    assert p.view.current_tool == "bash"
-    assert pol.on_response(c.view, p.view) == []
+    p = c.add("p", 1000, Status.ACTIVE, Phase.REASONING, 0, program_spec=spec("p", ["bash"]))
+    assert p.n_steps == 2
+    assert not hasattr(p.view, "n_steps")
+
+
+def test_continuum_pin_after_the_last_call_is_dropped_when_the_program_finishes(monkeypatch):
+    """Continuum cannot tell the last call from any other, so it pins after it too (its tool
+    history says 3 s); the program's last tool takes 0.5 s and the program ends. Its pinned
+    blocks go back to the engine's free queue at the finish, not 2.5 s later at the TTL."""
+    from policies.continuum import Continuum
+
+    engines = []
+
+    class Recorded(simulate_module.SimBackend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            engines.append(self)
+
+        def pin(self, program_id, ttl_s):
+            super().pin(program_id, ttl_s)
+            pinned.append(self.pool.pinned_total)
+
+    monkeypatch.setattr(simulate_module, "SimBackend", Recorded)
+    last_pins, pinned, pinned_at_finish = [], [], []
+
+    class Probe(Continuum):
+        def on_response(self, view, program):
+            decided = super().on_response(view, program)
+            if program.step == 4:
+                last_pins.extend(decided)
+            return decided
+
+        def on_finish(self, view, program):
+            pinned_at_finish.append(engines[0].pool.pinned_total)
+            return super().on_finish(view, program)
+
+    steps = [(300, 20, 3.0)] * 3 + [(100, 10, 0.5)]
+    specs = [make_program("p", steps, prefix=(None, 0))]
+    pol = Probe(PolicyOptions())
+    config = RunConfig(
+        setup=make_setup(kv_capacity_override=20_000), concurrency=1, tool_manager=None
+    )
+    res = simulate(specs, pol, config)
+    assert res.summary["programs_completed"] == 1
+    assert last_pins == [Pin("p", pytest.approx(3.0))]
+    assert len(pinned) == 3 and pinned[-1] > 0  # the engine did pin the last call's KV
+    assert pinned_at_finish == [0]  # and released it when the program finished
 
 
 def test_continuum_admits_on_arrival_only_what_fits_then_fifo_on_finish():

@@ -142,6 +142,13 @@ class Cluster:
         program.status = Status.DONE
         program.finish_time = self.now
         program.backend = None
+        # A TTL pin taken after its last call is dropped now (a live agent's release is the
+        # first the scheduler hears that no call follows); a backend that cannot pin has no
+        # `unpin`.
+        for b in self.backends:
+            unpin = getattr(b, "unpin", None)
+            if unpin is not None:
+                unpin(program.id)
         del self.live[program.id]
         del self.live_views[program.id]
         if self.observer is not None:

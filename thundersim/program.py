@@ -164,7 +164,9 @@ class OpenProgram(Program):
 
 
 class ProgramView:
-    """Read-only window on a Program for policies: attributes, no setters."""
+    """Read-only window on a Program for policies: attributes, no setters. Only what a live
+    scheduler can know: not the number of calls a program will make (a live agent does not say
+    in advance), nor the lengths of calls it has not yet sent."""
 
     __slots__ = ("_p",)
 
@@ -187,7 +189,6 @@ class ProgramView:
     phase = property(lambda s: s._p.phase)
     status = property(lambda s: s._p.status)
     step = property(lambda s: s._p.step)
-    n_steps = property(lambda s: s._p.n_steps)
     pending = property(lambda s: s._p.pending)
     in_flight = property(lambda s: s._p.in_flight)
     acting_since = property(lambda s: s._p.acting_since)

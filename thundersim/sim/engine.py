@@ -30,6 +30,7 @@ from collections.abc import Callable
 import simpy
 
 from thundersim.backend import EngineStats, Request, Usage
+from thundersim.cluster import chain_program
 from thundersim.sim.blocks import BlockPool
 from thundersim.sim.latency import LatencyModel
 
@@ -190,6 +191,18 @@ class SimBackend:
         expiry = self.env.timeout(ttl_s)
         # The pin belongs to this chain: a reset may give the program a new one meanwhile.
         expiry.callbacks.append(lambda _e: self._expire_pin(chain, gen))
+
+    def unpin(self, program_id: str) -> None:
+        """The program finished: its pinned blocks go back to the free queue now, not when the
+        pin's TTL runs out (nothing will reuse them)."""
+        self._chain_of.pop(program_id, None)
+        # every chain of the program: a pin from before a context reset may still hold
+        chains = [c for c in self.pool.pinned if chain_program(c) == program_id]
+        for chain in chains:
+            self._pin_gen[chain] = self._pin_gen.get(chain, 0) + 1  # its expiry is void
+            self.pool.unpin(chain)
+        if chains and self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()  # freed blocks may let the waiting head in
 
     def _expire_pin(self, chain: str, gen: int) -> None:
         if self._pin_gen.get(chain) == gen:  # not re-pinned since
