@@ -1,4 +1,4 @@
-"""Whole runs: feeding modes, duration caps, interruption, replicas."""
+"""Whole runs: feeding modes, horizons, interruption, replicas."""
 
 from __future__ import annotations
 
@@ -32,20 +32,24 @@ def test_open_loop_programs_arrive_at_their_trace_times():
     assert list(res.programs.sort_values("program").arrival_t) == [0.0, 7.5, 15.0, 22.5]
 
 
-def test_duration_caps_simulated_time_and_keeps_partial_results(small_trace):
-    res = run_sim(small_trace, "vllm", concurrency=2, kv_tokens=50_000)
+def test_horizon_caps_simulated_time_and_keeps_partial_results(small_trace):
+    """An open loop stopped at a horizon: the run ends there, keeps what it finished, and its
+    throughput is the steady window [warm-up, horizon]."""
+    programs = [make_program(f"o{i}", [(50, 5, 2.0)] * 4, arrival_s=3.0 * i) for i in range(12)]
+    res = run_sim(programs, "vllm", concurrency=None, kv_tokens=50_000)
     full = res.summary["simulated_s"]
     capped = simulate(
-        small_trace,
+        programs,
         make_policy("vllm"),
         RunConfig(
-            setup=make_setup(kv_capacity_override=50_000), concurrency=2, duration_s=full / 3
+            setup=make_setup(kv_capacity_override=50_000), concurrency=None, horizon_s=full / 2
         ),
     )
     s = capped.summary
-    assert s["simulated_s"] == pytest.approx(full / 3)
+    assert s["simulated_s"] == pytest.approx(full / 2)
     assert 0 < s["steps_completed"] < res.summary["steps_completed"]
-    assert s["steady_window"][1] <= full / 3 + 1e-9
+    assert s["throughput_metric"] == "steady"
+    assert s["throughput_window_s"] == pytest.approx([full / 8, full / 2])
 
 
 def test_interrupted_run_returns_and_writes_what_it_finished(small_trace, tmp_path):
@@ -85,11 +89,11 @@ def test_trace_that_cannot_fit_is_refused_before_running():
         run_sim(big, "vllm", kv_tokens=4000)
 
 
-def test_policy_name_in_summary_and_steady_flag(small_trace):
+def test_policy_name_in_summary_and_whole_run_throughput(small_trace):
     res = run_sim(small_trace, "stp", concurrency=4, kv_tokens=50_000)
     s = res.summary
     assert s["policy"] == "stp" and s["concurrency"] == 4 and s["replicas"] == 1
-    assert s["steady"] is True
-    w0, w1 = s["steady_window"]
-    in_window = res.steps[(res.steps.done_t >= w0) & (res.steps.done_t <= w1)]
-    assert s["throughput_steps_per_min"] == pytest.approx(len(in_window) / ((w1 - w0) / 60))
+    assert s["throughput_metric"] == "whole_run"
+    assert s["throughput_window_s"] == [0.0, s["simulated_s"]]
+    assert s["simulated_s"] == pytest.approx(res.programs.finish_t.max())
+    assert s["throughput_steps_per_min"] == pytest.approx(len(res.steps) / (s["simulated_s"] / 60))

@@ -37,6 +37,7 @@ from thundersim.sim.latency import LatencyProfile
 from thundersim.simulate import build_run, check_fits, simulate
 from thundersim.trace import TraceError, dump_trace, load_trace, scale_trace
 from thundersim.trace_stats import trace_stats
+from thundersim.window import describe
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -48,6 +49,15 @@ trace_app = typer.Typer(help="Make and inspect traces.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
 
 DEFAULT_TRACE = Path("traces/swe.jsonl")
+
+
+def _warmup(horizon: float, warmup: float) -> float | None:
+    """The CLI's warm-up option as RunConfig takes it (None: the default for the horizon)."""
+    if warmup < 0:
+        return None
+    if not horizon:
+        raise ValueError("--warmup needs --horizon: a finite run is measured whole")
+    return warmup
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -66,7 +76,15 @@ KVDTYPE_OPT = typer.Option("fp8", help="KV cache dtype.")
 KV_TOKENS_OPT = typer.Option(
     0, help="Override the KV capacity per replica in tokens (0 = from hardware x model)."
 )
-DURATION_OPT = typer.Option(0.0, help="Stop after this many simulated seconds (0 = run all).")
+HORIZON_OPT = typer.Option(
+    0.0,
+    help="Horizon run: stop after this many simulated seconds and measure steady throughput over "
+    "[warm-up, horizon]; a closed loop recycles the trace (fresh program ids) so it never drains. "
+    "0 = run the trace to its end and measure the whole run.",
+)
+WARMUP_OPT = typer.Option(
+    -1.0, help="Seconds excluded from a horizon run's window (-1 = a quarter of the horizon)."
+)
 SEED_OPT = typer.Option(0, help="Seed for every random stream of the run.")
 DT_OPT = typer.Option(5.0, "--dt", help="Policy monitor period in seconds (the paper's Δt).")
 DECAY_OPT = typer.Option("pow:2", help="Acting-program decay: none, pow:X, exp:L.")
@@ -95,7 +113,8 @@ def run(
     weight_dtype: str = WDTYPE_OPT,
     kv_dtype: str = KVDTYPE_OPT,
     kv_tokens: int = KV_TOKENS_OPT,
-    duration: float = DURATION_OPT,
+    horizon: float = HORIZON_OPT,
+    warmup: float = WARMUP_OPT,
     seed: int = SEED_OPT,
     dt: float = DT_OPT,
     decay: str = DECAY_OPT,
@@ -149,7 +168,8 @@ def run(
             latency_profile=latency_profile,
             replicas=replicas,
             concurrency=concurrency or None,
-            duration_s=duration or None,
+            horizon_s=horizon or None,
+            warmup_s=_warmup(horizon, warmup),
             block_size=block_size,
             max_batched_tokens=max_batched_tokens,
             max_num_seqs=max_num_seqs,
@@ -163,9 +183,11 @@ def run(
     except (ValueError, TraceError) as exc:
         _fail(str(exc))
 
+    # A horizon run has no last program: its progress is simulated time.
+    by_time = config.horizon_s is not None
     bar = tqdm(
-        total=len(specs),
-        unit="prog",
+        total=int(config.horizon_s) if by_time else len(specs),
+        unit="sim-s" if by_time else "prog",
         desc=f"{policy} c={concurrency}",
         disable=not progress,
         file=sys.stderr,
@@ -173,8 +195,8 @@ def run(
     )
 
     def tick(done: int, now: float) -> None:
-        bar.set_postfix_str(f"sim {now:,.0f}s", refresh=False)
-        bar.update(done - bar.n)  # tqdm rate-limits the redraws
+        bar.set_postfix_str(f"{done} programs done" if by_time else f"sim {now:,.0f}s", refresh=False)
+        bar.update((int(now) if by_time else done) - bar.n)  # tqdm rate-limits the redraws
 
     try:
         if engine == "sim":
@@ -261,6 +283,8 @@ async def _run_live(
                 sandbox=provider,
                 tool_manager=config.tool_manager or "gc",
                 env_limits=EnvLimits(config.env_disk_limit, config.env_port_limit),
+                horizon_s=config.horizon_s,
+                warmup_s=config.warmup_s,
             )
     finally:
         for b in live:
@@ -272,7 +296,6 @@ def _print_summary(s: dict, out: Path | None) -> None:
     t = Table(title=f"{s['policy']} on {s['trace']} ({s['setup']})", show_header=False)
     t.add_column("metric", style="bold")
     t.add_column("value", justify="right")
-    w0, w1 = s["steady_window"]
     rows = [
         ("concurrency / replicas", f"{s['concurrency'] or 'open loop'} / {s['replicas']}"),
         (
@@ -280,11 +303,7 @@ def _print_summary(s: dict, out: Path | None) -> None:
             f"{s['simulated_s']:,.0f} s in {s['wall_s']:.2f} s wall ({s['sim_speed']:,.0f}x)",
         ),
         ("programs / steps done", f"{s['programs_completed']} / {s['steps_completed']}"),
-        (
-            "throughput",
-            f"{s['throughput_steps_per_min']:.1f} steps/min (window {w0:,.0f}-{w1:,.0f} s"
-            f"{'' if s['steady'] else ', whole run'})",
-        ),
+        ("throughput", f"{s['throughput_steps_per_min']:.1f} steps/min ({describe(s)})"),
         ("KV hit rate", f"{100 * s['kv_hit_rate']:.1f} %"),
         ("preemptions", f"{s['preemptions']:,}"),
         ("recomputed tokens", f"{s['recompute_tokens']:,}"),
@@ -354,7 +373,8 @@ def compare(
     weight_dtype: str = WDTYPE_OPT,
     kv_dtype: str = KVDTYPE_OPT,
     kv_tokens: int = KV_TOKENS_OPT,
-    duration: float = DURATION_OPT,
+    horizon: float = HORIZON_OPT,
+    warmup: float = WARMUP_OPT,
     seed: int = SEED_OPT,
     dt: float = DT_OPT,
     decay: str = DECAY_OPT,
@@ -387,7 +407,8 @@ def compare(
             kv_tokens=kv_tokens,
             latency_profile=latency_profile,
             replicas=replicas,
-            duration_s=duration or None,
+            horizon_s=horizon or None,
+            warmup_s=_warmup(horizon, warmup),
         )
         for name in names:  # fail on a bad name or parameter before starting any process
             for r in router_list:

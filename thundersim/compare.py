@@ -20,6 +20,7 @@ from thundersim.metrics import STP_TERMS
 from thundersim.policy import PolicyOptions
 from thundersim.simulate import RunConfig, simulate
 from thundersim.trace import load_trace
+from thundersim.window import STEADY, IncomparableRuns
 
 COLUMNS = [
     "policy",
@@ -27,6 +28,10 @@ COLUMNS = [
     "concurrency",
     "replicas",
     "throughput_steps_per_min",
+    "throughput_metric",
+    "throughput_window_s",
+    "throughput_steady_steps_per_min",
+    "throughput_whole_run_steps_per_min",
     "kv_hit_rate",
     "preemptions",
     "recompute_tokens",
@@ -63,6 +68,10 @@ def row(point: Point, summary: dict) -> dict:
         "concurrency": point.concurrency or 0,
         "replicas": summary["replicas"],
         "throughput_steps_per_min": summary["throughput_steps_per_min"],
+        "throughput_metric": summary["throughput_metric"],
+        "throughput_window_s": "-".join(f"{x:.0f}" for x in summary["throughput_window_s"]),
+        "throughput_steady_steps_per_min": summary["throughput_steady_steps_per_min"],
+        "throughput_whole_run_steps_per_min": summary["throughput_whole_run_steps_per_min"],
         "kv_hit_rate": summary["kv_hit_rate"],
         "preemptions": summary["preemptions"],
         "recompute_tokens": summary["recompute_tokens"],
@@ -142,4 +151,16 @@ def run_grid(
     jobs = [(trace, pt, config, options) for pt in points]
     interrupted = pool_map(run_point, jobs, workers, keep)
     table = pd.DataFrame([rows[i] for i in sorted(rows)], columns=COLUMNS)
+    check_rows_comparable(table)
     return table, interrupted
+
+
+def check_rows_comparable(table: pd.DataFrame) -> None:
+    """Every row measured by one definition (thundersim.window): one kind, and one window for
+    steady rows. The grid shares one config, so this holds unless the window code breaks."""
+    if table.empty:
+        return
+    kinds = set(table.throughput_metric)
+    windows = set(table.throughput_window_s[table.throughput_metric == STEADY])
+    if len(kinds) > 1 or len(windows) > 1:
+        raise IncomparableRuns(f"grid rows measured differently: kinds {kinds}, windows {windows}")

@@ -23,7 +23,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from thundersim.readings import report_reading  # noqa: E402
 from thundersim.sweep import ROOT, Spec, SweepResult, load_spec, read_table, run_sweeps  # noqa: E402
+from thundersim.window import check_comparable  # noqa: E402
 
 SPEC_DIR = ROOT / "experiments" / "specs"
 SIM_KINDS = ("line", "timeline", "disk", "prep", "breakdown", "table")
@@ -120,6 +122,7 @@ def regenerate(
         res = FigureResult(spec)
         sweep = by_name.get(spec.name)
         if sweep is not None:
+            _check_one_definition(spec, sweep.table)
             sweep.table.to_csv(out / "data" / f"{spec.name}.csv", index=False)
         DRAW[spec.kind](spec, sweep, res, out)
         _read(res)
@@ -138,6 +141,23 @@ def regenerate(
     name = "REPORT-reduced.md" if reduced else "REPORT-partial.md" if only else "REPORT.md"
     write_report(results, out / name, timing)
     return results, timing
+
+
+def _check_one_definition(spec: Spec, table: pd.DataFrame) -> None:
+    """A figure puts its points side by side: their throughput must be one kind, and a steady
+    one over one window (thundersim.window)."""
+    if table.empty or "throughput_metric" not in table:
+        return
+    summaries = [
+        {
+            "policy": r.get("policy"),
+            "concurrency": r.get("concurrency"),
+            "throughput_metric": r["throughput_metric"],
+            "throughput_window_s": [r["throughput_window_start_s"], r["throughput_window_end_s"]],
+        }
+        for r in table.to_dict("records")
+    ]
+    check_comparable(summaries, f"{spec.path.name}: the points of {spec.name}")
 
 
 def _save(fig, res: FigureResult, out: Path, name: str | None = None) -> None:
@@ -515,9 +535,10 @@ def write_report(results: list[FigureResult], path: Path, timing: dict) -> None:
             lines.append("")
         for text in res.reading:
             lines += [text, ""]
-        reading = spec.raw.get("reading", "").strip()
-        if reading:  # what we know of why the numbers differ, written after looking at them
-            lines += [f"*Reading.* {reading}", ""]
+        # what we know of why the numbers differ, its numbers rendered from this run's table
+        reading = report_reading(res, path.parent / "data", timing["reduced"])
+        if reading:
+            lines += [reading, ""]
         note = spec.raw.get("note", "").strip()
         if note:
             lines += [f"*Note.* {note}", ""]

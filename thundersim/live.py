@@ -23,6 +23,7 @@ from thundersim.policy import Policy
 from thundersim.program import Program
 from thundersim.simulate import RunResult, result_of
 from thundersim.trace import ProgramSpec
+from thundersim.window import check_window
 
 
 class LoopClock:
@@ -108,12 +109,16 @@ async def run_live(
     sandbox=None,
     tool_manager: str = "gc+prefetch",
     env_limits: EnvLimits | None = None,
+    horizon_s: float | None = None,
+    warmup_s: float | None = None,
 ) -> RunResult:
     """Run the (already scaled) trace live. The backends must be connected. Ctrl-C (task
     cancellation) stops the run and keeps what finished. With a `sandbox` (an EnvProvider such
     as engine_adapters.sandbox.LocalSandbox) every program's environment is real and managed
     by the tool resource manager; everything it made is removed when the run ends, however it
-    ends."""
+    ends. With `horizon_s` the run is a horizon run (thundersim.window): a closed loop recycles
+    the trace, and the run stops at the horizon, measured as simulation measures it."""
+    check_window(horizon_s, warmup_s)
     wall0 = time.perf_counter()
     loop = asyncio.get_running_loop()
     programs = [Program(spec, i) for i, spec in enumerate(specs)]
@@ -132,6 +137,7 @@ async def run_live(
         concurrency,
         on_progress=lambda: progress(driver.completed, cluster.now) if progress else None,
         envs=envs,
+        recycle=horizon_s is not None and concurrency is not None,
     )
     if envs is not None and concurrency is not None:
         envs.upcoming = driver.upcoming
@@ -144,7 +150,12 @@ async def run_live(
     sampling = asyncio.create_task(sampler())
     interrupted = False
     try:
-        await driver.run()
+        if horizon_s is None:
+            await driver.run()
+        else:
+            await asyncio.wait_for(driver.run(), horizon_s - cluster.now)
+    except TimeoutError:
+        pass  # the horizon: the run ends here by design
     except (asyncio.CancelledError, KeyboardInterrupt, EnvLimitReached):
         interrupted = True
     finally:
@@ -158,7 +169,8 @@ async def run_live(
                 await b.refresh()  # final counters for the summary
             except Exception:  # noqa: BLE001 - a replica that died at the end keeps its last
                 b.alive = False
-    recorder.finalize(cluster.now)
+    end = cluster.now if horizon_s is None else min(cluster.now, horizon_s)
+    recorder.finalize(end)
     meta = {
         "policy": policy.name,
         "trace": trace_name,
@@ -167,9 +179,11 @@ async def run_live(
         "seed": seed,
         "setup": "live: " + ", ".join(b.name for b in backends),
         "kv_capacity_tokens": min(b.capacity_tokens for b in backends),
+        "horizon_s": horizon_s,
+        "warmup_s": warmup_s,
     }
     wall = time.perf_counter() - wall0
-    return result_of(meta, cluster.now, wall, interrupted, driver, recorder, backends, envs)
+    return result_of(meta, end, wall, interrupted, driver, recorder, backends, envs)
 
 
 def live_records(result: RunResult, specs: Sequence[ProgramSpec]) -> list[dict]:

@@ -1,12 +1,7 @@
 """The Recorder: step and program records, memory over time, STP cost terms, the summary.
 
 Definitions (the same in sim and live):
-- throughput: steps completed per minute inside the *steady window*. A step is one LLM call plus
-  its tool call and completes when the tool returns. The window opens when the first program
-  finishes (before that every program is still in its first pass: contexts are short and the
-  mix is unrepresentative: warm-up) and closes when the trace runs out of programs to start
-  (after that concurrency decays: drain), or at --duration. If that leaves no window (a trace
-  no larger than the concurrency), the whole run is used and `steady_window` says so.
+- throughput: thundersim.window (one definition and one window for every policy compared).
 - KV hit rate: prefix-cache hit tokens / prefix-cache query tokens, counted at every
   scheduling of a request, preemption restarts included (vLLM's prefix_cache_hits/queries).
 - STP terms (token x seconds, per backend): every KV block is sampled every `sample_dt` into
@@ -252,15 +247,6 @@ class Recorder:
                 "held",
             ],
         )
-
-
-def steady_window(
-    first_finish: float | None, last_start: float | None, end: float
-) -> tuple[float, float, bool]:
-    """(start, end, steady) of the throughput window; see the module docstring."""
-    if first_finish is not None and last_start is not None and last_start > first_finish:
-        return first_finish, min(last_start, end), True
-    return 0.0, end, False
 
 
 def quantile(values, q: float) -> float | None:

@@ -17,7 +17,7 @@ import simpy
 from thundersim.cluster import Cluster
 from thundersim.driver import Driver, SimClock
 from thundersim.envs import MODES, EnvLimitReached, EnvLimits, EnvManager
-from thundersim.metrics import STP_TERMS, Recorder, quantile, steady_window, write_tables
+from thundersim.metrics import STP_TERMS, Recorder, quantile, write_tables
 from thundersim.policy import Policy, PolicyOptions, parse_params
 from thundersim.program import Program, Status
 from thundersim.sim.catalog import Setup, make_setup
@@ -30,6 +30,7 @@ from thundersim.sim.engine import (
 from thundersim.sim.latency import LatencyModel, LatencyProfile, roofline_profile
 from thundersim.sim.sandbox import SimSandbox, contended_prep
 from thundersim.trace import ProgramSpec
+from thundersim.window import check_window, measure
 
 # Simulated seconds between progress updates / interrupt and deadlock checks.
 _CHUNK_S = 30.0
@@ -58,7 +59,11 @@ class RunConfig:
     setup: Setup = field(default_factory=make_setup)
     replicas: int = 1
     concurrency: int | None = 96  # None: open loop, programs arrive at their trace times
-    duration_s: float | None = None  # stop after this much simulated time
+    # A horizon run (thundersim.window): stop at horizon_s and measure steady throughput over
+    # [warmup_s, horizon_s]; a closed loop then recycles the trace so it never drains. None: run
+    # the trace to its end and measure the whole run.
+    horizon_s: float | None = None
+    warmup_s: float | None = None  # None with a horizon: window.default_warmup(horizon_s)
     seed: int = 0
     block_size: int = DEFAULT_BLOCK_SIZE
     max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS
@@ -78,8 +83,7 @@ class RunConfig:
             raise ValueError(f"replicas must be >= 1, got {self.replicas}")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ValueError(f"duration must be > 0, got {self.duration_s}")
+        check_window(self.horizon_s, self.warmup_s)
         if self.block_size < 1 or self.max_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("block size, token budget and max seqs must be >= 1")
         if self.tool_manager is not None and self.tool_manager not in MODES:
@@ -201,7 +205,8 @@ def simulate(
             EnvLimits(config.env_disk_limit, config.env_port_limit),
             prep_time=contended_prep,
         )
-    driver = Driver(env, cluster, programs, config.concurrency, on_progress, envs)
+    recycle = config.horizon_s is not None and config.concurrency is not None
+    driver = Driver(env, cluster, programs, config.concurrency, on_progress, envs, recycle)
     if envs is not None and config.concurrency is not None:
         envs.upcoming = driver.upcoming  # a closed loop knows who arrives next
     driver.start()
@@ -214,7 +219,7 @@ def simulate(
     env.process(sampler())
     interrupted = False
     stopped = None
-    horizon = config.duration_s if config.duration_s is not None else float("inf")
+    horizon = config.horizon_s if config.horizon_s is not None else float("inf")
     stalled = 0
     last_iterations = -1
     try:
@@ -250,6 +255,8 @@ def simulate(
         "seed": config.seed,
         "setup": setup.name,
         "kv_capacity_tokens": setup.kv_capacity_tokens,
+        "horizon_s": config.horizon_s,
+        "warmup_s": config.warmup_s,
     }
     result = result_of(meta, end, wall, interrupted, driver, recorder, backends, envs)
     if stopped:
@@ -280,9 +287,7 @@ def result_of(
     memory = recorder.memory_frame()
     if len(memory):
         memory = memory[memory.t <= now]  # samples taken after the last program finished
-    start, end, steady = steady_window(driver.first_finish, driver.last_start, now)
-    in_window = steps[(steps.done_t >= start) & (steps.done_t <= end)] if len(steps) else steps
-    minutes = (end - start) / 60.0
+    throughput = measure(steps.done_t, now, meta.get("horizon_s"), meta.get("warmup_s"))
     stats = [b.stats() for b in backends]
     queries = sum(s.prefix_queries for s in stats)
     hits = sum(s.prefix_hits for s in stats)
@@ -296,13 +301,9 @@ def result_of(
         "interrupted": interrupted,
         "steps_completed": int(len(steps)),
         "programs_completed": int(len(done)),
-        "programs_total": int(len(programs)) + len(driver.queue),
-        "steady_window": [start, end],
-        "steady": steady,
-        "throughput_steps_per_min": len(in_window) / minutes if minutes > 0 else 0.0,
-        # over the whole run, ramp-up and drain included: what a short trace can measure stably
-        # (its steady window may hold only a handful of steps)
-        "throughput_whole_run_steps_per_min": 60 * len(steps) / now if now > 0 else 0.0,
+        # a recycled closed loop has no total: the programs that arrived
+        "programs_total": int(len(programs)) + (0 if driver.recycle else len(driver.queue)),
+        **throughput,
         "kv_hit_rate": hits / queries if queries else 0.0,
         "preemptions": sum(s.preemptions for s in stats),
         "recompute_tokens": sum(s.recompute_tokens for s in stats),

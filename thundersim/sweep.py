@@ -52,7 +52,8 @@ POINT_DEFAULTS: dict = {
     "weight_dtype": "fp8",
     "kv_dtype": "fp8",
     "kv_tokens": 0,
-    "duration": 0.0,
+    "horizon": 0.0,  # > 0: a horizon run (steady window [warmup, horizon]); 0: run to the end
+    "warmup": -1.0,  # seconds; -1: a quarter of the horizon (thundersim.window)
     "seed": 0,
     "dt": 5.0,
     "decay": "pow:2",
@@ -220,7 +221,8 @@ def run_point(point: dict, keep: Iterable[str] = ()) -> tuple[dict, dict[str, pd
         latency_profile=None,
         replicas=p["replicas"],
         concurrency=p["concurrency"] or None,
-        duration_s=p["duration"] or None,
+        horizon_s=p["horizon"] or None,
+        warmup_s=None if p["warmup"] < 0 else p["warmup"],
         sample_dt=p["sample_dt"],
         tool_manager=p["tool_manager"] if p["tool_manager"] != "off" else None,
         env_disk_limit=int(p["env_disk_gb"] * 1e9) or None,
@@ -257,6 +259,9 @@ def flat_row(point: dict, summary: dict) -> dict:
             for kk, vv in v.items():
                 if isinstance(vv, int | float | str | bool) or vv is None:
                     row[f"{k}.{kk}"] = vv
+    window = summary.get("throughput_window_s")
+    if window:  # the window the row's throughput was measured over (thundersim.window)
+        row["throughput_window_start_s"], row["throughput_window_end_s"] = window
     b = summary.get("step_breakdown_mean_s") or {}
     parts = [b.get(k) for k in ("hold_s", "queue_s", "prefill_s", "decode_s")]
     # per-step LLM latency: from the call being ready to its last token (the tool excluded)
