@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from thundersim.readings import report_reading  # noqa: E402
 from thundersim.sweep import ROOT, Spec, SweepResult, load_spec, read_table, run_sweeps  # noqa: E402
-from thundersim.window import check_comparable  # noqa: E402
+from thundersim.window import STEADY, check_comparable  # noqa: E402
 
 SPEC_DIR = ROOT / "experiments" / "specs"
 SIM_KINDS = ("line", "timeline", "disk", "prep", "breakdown", "table")
@@ -81,6 +81,7 @@ class FigureResult:
     rows: list[Comparison] = field(default_factory=list)
     reading: list[str] = field(default_factory=list)
     table_md: str = ""
+    measured: str = ""  # how this figure's throughput was measured (thundersim.window)
 
 
 def _nan(v) -> bool:
@@ -122,7 +123,7 @@ def regenerate(
         res = FigureResult(spec)
         sweep = by_name.get(spec.name)
         if sweep is not None:
-            _check_one_definition(spec, sweep.table)
+            res.measured = _check_one_definition(spec, sweep.table)
             sweep.table.to_csv(out / "data" / f"{spec.name}.csv", index=False)
         DRAW[spec.kind](spec, sweep, res, out)
         _read(res)
@@ -143,11 +144,11 @@ def regenerate(
     return results, timing
 
 
-def _check_one_definition(spec: Spec, table: pd.DataFrame) -> None:
+def _check_one_definition(spec: Spec, table: pd.DataFrame) -> str:
     """A figure puts its points side by side: their throughput must be one kind, and a steady
     one over one window (thundersim.window)."""
     if table.empty or "throughput_metric" not in table:
-        return
+        return ""
     summaries = [
         {
             "policy": r.get("policy"),
@@ -157,7 +158,13 @@ def _check_one_definition(spec: Spec, table: pd.DataFrame) -> None:
         }
         for r in table.to_dict("records")
     ]
-    check_comparable(summaries, f"{spec.path.name}: the points of {spec.name}")
+    kind = check_comparable(summaries, f"{spec.path.name}: the points of {spec.name}")
+    if kind[0] == STEADY:
+        return (
+            f"Throughput of every point: steps completed in [{kind[1]:,.0f}, {kind[2]:,.0f}] s "
+            "of a closed loop that recycles the trace (never drains), per minute."
+        )
+    return "Throughput of every point: all its steps / its makespan (each trace run to its end)."
 
 
 def _save(fig, res: FigureResult, out: Path, name: str | None = None) -> None:
@@ -520,6 +527,8 @@ def write_report(results: list[FigureResult], path: Path, timing: dict) -> None:
         for f in res.files:
             if f.suffix == ".png":
                 lines += [f"![{spec.name}]({f.name})", ""]
+        if res.measured:
+            lines += [res.measured, ""]
         if res.table_md:
             lines += [res.table_md, ""]
         if res.rows:
