@@ -106,3 +106,16 @@ def test_committed_readme_tables_are_up_to_date(request):
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_defined_row_the_file_no_longer_has_is_an_error():
+    live = next(t for t in rt.TABLES if t.name == "live_fidelity")
+    gone = rt.Table(
+        name="live_fidelity",
+        source=live.source,
+        json_records=live.json_records,
+        where={"metric": ("kv_hit_rate", "no_such_metric")},
+        columns=live.columns,
+    )
+    _, _, problems = rt.update(_blocks(["live_fidelity"]), tables=(gone,))
+    assert problems == [f"live_fidelity: {live.source} has no metric ['no_such_metric']"]
