@@ -11,7 +11,11 @@ Definitions (the same in sim and live):
   engine's queue or withheld by the policy), idle (the same while nothing waits). Together they
   add up to capacity x time for every backend. Sampling, not event-exact integration, keeps the
   hot path free of bookkeeping; on the bundled trace at 96 programs, sampling every 1 s instead of
-  every 0.02 s moves no term by more than 0.1 % of capacity x time.
+  every 0.02 s moves no term by more than 0.1 % of capacity x time. Terms are in whole blocks:
+  the block holding a program's last, partial block of tokens (emptied when its call ends, so
+  recomputed by its next call) counts as recompute while it is prefilled again.
+- the paper's bound "unused < c_min x dt per node": `Recorder.stp_bound` (its definition there;
+  c_min, the smallest context waiting for a backend's memory, is a column of the memory table).
 """
 
 from __future__ import annotations
@@ -30,6 +34,21 @@ from thundersim.program import Phase, Program, Status
 
 STP_TERMS = ("decode", "prefill", "recompute", "caching", "unused")
 KV_CATEGORIES = STP_TERMS + ("idle",)
+
+# One memory sample per backend: KV in use and cached, the STP categories, queue gauges, and
+# c_min: the smallest context waiting for the backend's memory (NaN when none is known).
+MEMORY_COLUMNS = [
+    "t",
+    "backend",
+    "used_tokens",
+    "cached_tokens",
+    *KV_CATEGORIES,
+    "running",
+    "waiting",
+    "held",
+    "c_min",
+]
+_COL = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
 
 STEP_COLUMNS = [
     "program",
@@ -73,6 +92,8 @@ class Recorder:
         self._last_state: list[dict[str, float]] | None = None
         self._calls: dict[str, tuple[Usage, int]] = {}
         self.held = lambda: 0  # set by the runner: calls withheld by the policy
+        self._open: dict[str, Program] = {}  # arrived, not finished (insertion order)
+        self._seen = 0  # entries of `programs` already looked at
 
     # ---- ClusterObserver -----------------------------------------------------------------
     def on_call_done(self, program: Program, usage: Usage, backend: int) -> None:
@@ -111,24 +132,54 @@ class Recorder:
 
     def on_program_done(self, program: Program) -> None:
         self.finished.append(program)
+        self._open.pop(program.id, None)
 
     # ---- sampling ------------------------------------------------------------------------
     def _is_acting(self, key: Any) -> bool:
         p = self.programs.get(chain_program(key)) if isinstance(key, str) else None
         return p is not None and p.phase is Phase.ACTING and p.status is not Status.DONE
 
+    def _withheld_min(self) -> float:
+        """Smallest prompt among the ready calls the policy withholds (programs WAITING or
+        PAUSED with a call ready): the KV each would need if restored. NaN if none."""
+        programs = self.programs
+        if len(programs) != self._seen:  # new arrivals sit at the end of the dict
+            new = len(programs) - self._seen
+            for pid in reversed(programs):
+                if new == 0:
+                    break
+                new -= 1
+                p = programs[pid]
+                if not p.status.is_finished:
+                    self._open[pid] = p
+            self._seen = len(programs)
+        best = math.inf
+        for p in self._open.values():
+            if p.pending and p.status is not Status.ACTIVE:
+                c = p.next_prompt_tokens()
+                if c < best:
+                    best = c
+        return best if best < math.inf else math.nan
+
     def sample(self, now: float) -> None:
         """Integrate the previous state up to now (left Riemann sum), then record the new one."""
         self._integrate(now)
         state = []
         held = self.held()
+        withheld = self._withheld_min() if held > 0 else math.nan
         for b in self.backends:
             if not hasattr(b, "kv_breakdown"):
-                self._sample_stats(now, b, held, state)
+                self._sample_stats(now, b, held, withheld, state)
                 continue
             B = b.block_size
             kv = b.kv_breakdown(self._is_acting)
             waiting = len(b.waiting) > 0 or held > 0
+            # the smallest context that waits for this backend's memory: a withheld call (the
+            # paused queue is global) or a request in its engine queue
+            c_min = withheld
+            if b.waiting:
+                queued = min(seq.num_tokens for seq in b.waiting)
+                c_min = queued if math.isnan(c_min) else min(c_min, queued)
             spare = (kv["empty"] + kv["cached_other"]) * B
             cats = {
                 "decode": kv["decode"] * B,
@@ -149,14 +200,16 @@ class Recorder:
                     len(b.running),
                     len(b.waiting),
                     held,
+                    c_min,
                 )
             )
         self._last_state = state
         self._last_t = now
 
-    def _sample_stats(self, now: float, b, held: int, state: list) -> None:
+    def _sample_stats(self, now: float, b, held: int, withheld: float, state: list) -> None:
         """A live engine exposes only KV in use, so its STP terms are coarser: used KV counts
-        as decode, the rest as unused or idle."""
+        as decode, the rest as unused or idle. The sizes of requests in its queue are not
+        exposed: c_min is the withheld calls' only."""
         s = b.stats()
         waiting = s.waiting > 0 or held > 0
         spare = s.capacity_tokens - s.used_tokens
@@ -174,6 +227,7 @@ class Recorder:
                 s.running,
                 s.waiting,
                 held,
+                withheld,
             )
         )
 
@@ -186,8 +240,101 @@ class Recorder:
                 acc[k] += v * dt
 
     def finalize(self, now: float) -> None:
-        self._integrate(now)
+        """Integrate up to the end of the run. Samples taken after it (a simulation runs to the
+        end of its chunk) are dropped from the terms: they are summed again from the samples up
+        to `now`."""
+        if self._last_t is not None and now < self._last_t:
+            self._resum(now)
+        else:
+            self._integrate(now)
         self._last_t = now
+
+    def _widths(self, now: float) -> list[tuple[int, list[tuple[tuple, float]]]]:
+        """Per backend: its memory samples up to `now`, each with the seconds it stands for
+        (to the next sample, the last one to `now`)."""
+        by_backend: dict[int, list[tuple]] = {}
+        for row in self.memory:
+            if row[0] <= now:
+                by_backend.setdefault(row[1], []).append(row)
+        out = []
+        for index, rows in by_backend.items():
+            ts = [r[0] for r in rows[1:]] + [now]
+            out.append((index, [(r, t1 - r[0]) for r, t1 in zip(rows, ts, strict=True)]))
+        return out
+
+    def _resum(self, now: float) -> None:
+        pos = {b.index: i for i, b in enumerate(self.backends)}
+        cols = [(k, _COL[k]) for k in KV_CATEGORIES]
+        self.stp = [dict.fromkeys(KV_CATEGORIES, 0.0) for _ in self.backends]
+        for index, rows in self._widths(now):
+            acc = self.stp[pos[index]]
+            for row, width in rows:
+                for k, j in cols:
+                    acc[k] += row[j] * width
+
+    # ---- the paper's bound on unused memory -------------------------------------------------
+    def stp_bound(self, dt: float | None) -> dict | None:
+        """Check the paper's claim "unused < c_min * dt per node" on this run's samples.
+
+        Per backend and per tick interval [k dt, (k+1) dt) (the policy's monitor period; ticks
+        fire at multiples of dt from t = 0): U = the integral of the unused term over the
+        interval (the same left Riemann sum over the memory samples that makes stp_cost's
+        unused), and c_min = the smallest context waiting for that backend's memory at any
+        sample of the interval (a call withheld by the policy, or a request in the engine's
+        queue; the `c_min` memory column). An interval counts when something waited at one of
+        its samples; it violates the bound when U > c_min * dt (the interval's actual length,
+        for the last, shorter one). Intervals where the waiting contexts are unknown (a live
+        engine's queue with nothing withheld) count as `unknown`, not as checked.
+
+        Returns {"dt", "intervals", "violations", "worst_ratio" (max U / (c_min dt)),
+        "worst" (backend, interval start, U, c_min of the worst interval), "unknown"}, or None
+        for a policy without a tick (no dt)."""
+        if not dt or self._last_t is None:
+            return None
+        end = self._last_t
+        unused_col, waiting_col, held_col, cmin_col = (
+            _COL[k] for k in ("unused", "waiting", "held", "c_min")
+        )
+        intervals: dict[tuple[int, int], list[float]] = {}  # (backend, k) -> [U, c_min]
+        for index, rows in self._widths(end):
+            for row, width in rows:
+                if width <= 0 or not (row[waiting_col] > 0 or row[held_col] > 0):
+                    continue  # nothing waited: its spare memory is idle, not unused
+                c = row[cmin_col]
+                t, left = row[0], width
+                while left > 1e-12:  # a sample's span may cross a tick: split it
+                    k = int(t // dt)
+                    seg = min(left, (k + 1) * dt - t)
+                    if seg <= 0:  # t sits on the tick itself (rounding)
+                        k, seg = k + 1, min(left, dt)
+                    acc = intervals.setdefault((index, k), [0.0, math.inf])
+                    acc[0] += row[unused_col] * seg
+                    if not math.isnan(c):
+                        acc[1] = min(acc[1], c)
+                    t += seg
+                    left -= seg
+        violations = unknown = 0
+        worst_ratio, worst = 0.0, None
+        for (index, k), (unused, c_min) in sorted(intervals.items()):
+            if c_min == math.inf:
+                unknown += 1
+                continue
+            length = min(dt, end - k * dt)
+            bound = c_min * length
+            ratio = unused / bound if bound > 0 else (math.inf if unused > 0 else 0.0)
+            if unused > bound:
+                violations += 1
+            if worst is None or ratio > worst_ratio:
+                worst_ratio = ratio
+                worst = {"backend": index, "t": k * dt, "unused_token_s": unused, "c_min": c_min}
+        return {
+            "dt": dt,
+            "intervals": len(intervals) - unknown,
+            "violations": violations,
+            "worst_ratio": worst_ratio,
+            "worst": worst,
+            "unknown": unknown,
+        }
 
     # ---- tables ----------------------------------------------------------------------------
     def steps_frame(self) -> pd.DataFrame:
@@ -234,19 +381,7 @@ class Recorder:
         )
 
     def memory_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(
-            self.memory,
-            columns=[
-                "t",
-                "backend",
-                "used_tokens",
-                "cached_tokens",
-                *KV_CATEGORIES,
-                "running",
-                "waiting",
-                "held",
-            ],
-        )
+        return pd.DataFrame(self.memory, columns=MEMORY_COLUMNS)
 
 
 def quantile(values, q: float) -> float | None:
