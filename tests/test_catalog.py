@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from thundersim.sim.catalog import GPUS, MODELS, GiB, make_setup
+import dataclasses
+
+from thundersim.sim.catalog import GPUS, MODELS, GiB, MiB, Setup, make_setup
+
+# What each GPU reports as its total memory (nvidia-smi memory.total, MiB), as cited in the
+# catalog: H100 80GB HBM3 (NVIDIA/nccl#1264, modal-labs/modal-client#2797), H200 (published
+# nvidia-smi output of 8xH200 nodes), A100-SXM4-80GB (modal-labs/modal-client#2797), GeForce
+# RTX 5090 (noonghunna/club-3090#1107).
+REPORTED_MIB = {"H100-SXM": 81_559, "H200": 143_771, "A100-80G": 81_920, "RTX-5090": 32_607}
 
 
 def test_kv_bytes_per_token_is_k_and_v_times_layers_kv_heads_head_dim_and_dtype_bytes():
@@ -20,16 +28,39 @@ def test_kv_bytes_per_token_is_k_and_v_times_layers_kv_heads_head_dim_and_dtype_
 
 def test_default_setup_is_glm46_fp8_tp8_on_h100_with_kv_capacity_from_memory_budget():
     """make_setup() is the paper's replica: GLM-4.6, FP8 weights and KV, TP8 on H100-SXM. Its
-    KV capacity is what is left of 8 x 80 GB x 0.9 after 8 x 4 GiB of runtime reserve and
-    355 GB of FP8 weights, divided by 188416 bytes per token."""
+    KV capacity is what is left of 8 x 81,559 MiB (the memory an H100 reports) x 0.9 after
+    8 x 4 GiB of runtime reserve and 355 GB of FP8 weights, divided by 188416 bytes per token."""
     setup = make_setup()
     assert setup.gpu.name == "H100-SXM"
     assert setup.model.name == "GLM-4.6"
     assert setup.tp == 8
     assert setup.weight_dtype == "fp8" and setup.kv_dtype == "fp8"
-    expected = int((8 * 80e9 * 0.9 - 8 * 4 * GiB - 355e9) // 188416)
+    expected = int((8 * 81_559 * 2**20 * 0.9 - 8 * 4 * GiB - 355e9) // 188416)
     assert setup.kv_capacity_tokens == expected
-    assert 900_000 < expected < 1_100_000  # about a million tokens on one 8xH100 node
+    assert 1_150_000 < expected < 1_250_000  # about 1.2 million tokens on one 8xH100 node
+
+
+@pytest.mark.parametrize("gpu", sorted(REPORTED_MIB))
+def test_gpu_memory_is_what_the_device_reports_in_mib_with_its_citation(gpu):
+    """HBM/GDDR capacities are GiB-class: each GPU's memory is the total nvidia-smi reports
+    (MiB), not the datasheet's round GB, and its source names that figure."""
+    entry = GPUS[gpu]
+    assert entry.memory_bytes == REPORTED_MIB[gpu] * 2**20
+    assert f"{REPORTED_MIB[gpu]:,} MiB" in entry.source
+
+
+def test_h100_kv_pool_grows_by_the_reported_memory_over_the_datasheet_gb():
+    """Against the old 80 x 1e9 bytes, the reported 81,559 MiB adds 0.9 x (81,559 MiB - 80 GB)
+    per GPU to the KV pool: on GLM-4.6 FP8 TP8 that is 8 x 0.9 x 5.52 GB / 188416 B ≈ 211K
+    tokens, a 21 % larger pool (the weights are a fixed cost, so the pool grows far more than
+    the memory's 6.9 %)."""
+    new = make_setup()
+    old = Setup(gpu=dataclasses.replace(new.gpu, memory_bytes=80e9), model=new.model)
+    extra_per_gpu = 81_559 * MiB - 80e9
+    assert extra_per_gpu / 80e9 == pytest.approx(0.0690, abs=1e-4)
+    gained = new.kv_capacity_tokens - old.kv_capacity_tokens
+    assert gained == pytest.approx(8 * 0.9 * extra_per_gpu / 188416, abs=1)
+    assert new.kv_capacity_tokens / old.kv_capacity_tokens == pytest.approx(1.213, abs=1e-3)
 
 
 def test_kv_capacity_grows_with_memory_utilisation():
@@ -40,7 +71,7 @@ def test_kv_capacity_grows_with_memory_utilisation():
 
 
 def test_h200_holds_more_kv_than_h100_for_the_same_model():
-    """141 GB per GPU instead of 80 GB: the same weights leave far more KV room."""
+    """143,771 MiB per GPU instead of 81,559 MiB: the same weights leave far more KV room."""
     h100 = make_setup("H100-SXM").kv_capacity_tokens
     h200 = make_setup("H200").kv_capacity_tokens
     assert h200 > 2 * h100

@@ -1,7 +1,10 @@
 """Hardware and model catalog: the physical facts a replica's capacity and speed come from.
 
-Every number here is a published spec, cited next to it. Nothing is fitted to the paper's
-results. A `Setup` (GPU x model x TP x dtypes) gives a replica's KV capacity:
+Every number here is tagged with its provenance (thundersim/provenance.py): published specs
+(datasheets, config.json, vLLM defaults), the memory each GPU actually reports (nvidia-smi, in
+MiB: HBM is sized in GiB-class units, not the datasheet's round GB), and two named estimates.
+Nothing is fitted to the paper's results. A `Setup` (GPU x model x TP x dtypes) gives a
+replica's KV capacity:
 
     kv_capacity_tokens = (n_gpus * gpu_memory * utilization - weights - reserve) / kv_bytes_per_token
 
@@ -12,9 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-GiB = 1024**3
-GB = 1000**3
+GiB = 1024**3  # provenance: definition — IEC gibibyte
+MiB = 1024**2  # provenance: definition — IEC mebibyte (nvidia-smi's "MiB")
+GB = 1000**3  # provenance: definition — SI gigabyte (datasheets' "GB")
 
+# provenance: spec — bytes per element of each number format (IEEE 754 fp32/fp16, bfloat16,
+# OCP FP8, int8, int4)
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 
 
@@ -51,9 +57,11 @@ class Model:
     head_dim: int
     total_params: float
     active_params: float
-    n_experts: int = 0  # routed experts per MoE layer (0 = dense)
-    experts_per_token: int = 0
-    expert_params: float = 0.0
+    n_experts: int = 0  # provenance: definition — routed experts per MoE layer (0 = dense)
+    experts_per_token: int = 0  # provenance: definition — none for a dense model
+    expert_params: float = 0.0  # provenance: definition — none for a dense model
+    # provenance: estimate — a fallback window (Llama-3.1's 128K) for a model that gives none;
+    # every catalogued model sets its own
     max_context: int = 131072
     source: str = ""
 
@@ -73,44 +81,64 @@ class Model:
 
 
 # --- GPUs -------------------------------------------------------------------------------------
+# memory_bytes is the total memory the device reports (nvidia-smi's memory.total, in MiB), not
+# the datasheet's "80 GB" / "141 GB": HBM and GDDR capacities are GiB-class, so 80 * 1e9 bytes
+# undercounts an H100 by 6.9 %. vLLM sizes its pool from CUDA's own total (cudaMemGetInfo),
+# which on Hopper is a further ≈0.4-0.5 GiB below nvidia-smi's figure (vLLM logs
+# total_gpu_memory ≈79.1-79.3 GiB on 80 GB parts); DEFAULT_RUNTIME_RESERVE_BYTES, an estimate,
+# covers that gap along with activations and CUDA graphs.
 GPUS: dict[str, GPU] = {
     g.name: g
     for g in [
-        GPU(
+        GPU(  # provenance: spec — NVIDIA H100 Tensor Core GPU datasheet (SXM5)
             "H100-SXM",
-            memory_bytes=80 * GB,
+            # provenance: measured — nvidia-smi reports 81,559 MiB on an H100 80GB HBM3
+            # (NVIDIA/nccl#1264, modal-labs/modal-client#2797)
+            memory_bytes=81_559 * MiB,
             hbm_bandwidth=3.35e12,
             bf16_flops=989e12,
             fp8_flops=1979e12,
             source="NVIDIA H100 Tensor Core GPU datasheet (SXM5: 80 GB HBM3, 3.35 TB/s, "
-            "BF16 989 TFLOPS / FP8 1,979 TFLOPS dense)",
+            "BF16 989 TFLOPS / FP8 1,979 TFLOPS dense); memory as nvidia-smi reports it, "
+            "81,559 MiB (github.com/NVIDIA/nccl/issues/1264, "
+            "github.com/modal-labs/modal-client/pull/2797)",
         ),
-        GPU(
+        GPU(  # provenance: spec — NVIDIA H200 Tensor Core GPU datasheet (SXM)
             "H200",
-            memory_bytes=141 * GB,
+            # provenance: measured — nvidia-smi reports 143,771 MiB on an H200 (nvidia-smi
+            # output of 8xH200 nodes published in many repositories, e.g. driver 570.158.01)
+            memory_bytes=143_771 * MiB,
             hbm_bandwidth=4.8e12,
             bf16_flops=989e12,
             fp8_flops=1979e12,
             source="NVIDIA H200 Tensor Core GPU datasheet (SXM: 141 GB HBM3e, 4.8 TB/s, "
-            "same Hopper compute as H100 SXM)",
+            "same Hopper compute as H100 SXM); memory as nvidia-smi reports it, 143,771 MiB "
+            "(published nvidia-smi output of 8xH200 nodes, driver 570.158.01)",
         ),
-        GPU(
+        GPU(  # provenance: spec — NVIDIA A100 datasheet (80GB SXM)
             "A100-80G",
-            memory_bytes=80 * GB,
+            # provenance: measured — nvidia-smi reports 81,920 MiB on an A100-SXM4-80GB
+            # (modal-labs/modal-client#2797)
+            memory_bytes=81_920 * MiB,
             hbm_bandwidth=2.039e12,
             bf16_flops=312e12,
             fp8_flops=None,
-            source="NVIDIA A100 datasheet (80GB SXM: 2,039 GB/s, BF16 312 TFLOPS dense, no FP8)",
+            source="NVIDIA A100 datasheet (80GB SXM: 2,039 GB/s, BF16 312 TFLOPS dense, no FP8); "
+            "memory as nvidia-smi reports it, 81,920 MiB "
+            "(github.com/modal-labs/modal-client/pull/2797)",
         ),
-        GPU(
+        GPU(  # provenance: spec — NVIDIA RTX Blackwell GPU architecture whitepaper (GeForce RTX 5090)
             "RTX-5090",
-            memory_bytes=32 * GB,
+            # provenance: measured — nvidia-smi reports 32,607 MiB on a GeForce RTX 5090
+            # (noonghunna/club-3090#1107)
+            memory_bytes=32_607 * MiB,
             hbm_bandwidth=1.792e12,
             bf16_flops=209.5e12,
             fp8_flops=419e12,
             source="NVIDIA RTX Blackwell GPU architecture whitepaper (GeForce RTX 5090: 32 GB "
             "GDDR7, 1,792 GB/s; dense FP16/BF16 209.5 TFLOPS and FP8 419 TFLOPS with FP32 "
-            "accumulate)",
+            "accumulate); memory as nvidia-smi reports it, 32,607 MiB "
+            "(github.com/noonghunna/club-3090/issues/1107)",
         ),
     ]
 }
@@ -120,7 +148,7 @@ GPUS: dict[str, GPU] = {
 MODELS: dict[str, Model] = {
     m.name: m
     for m in [
-        Model(
+        Model(  # provenance: spec — zai-org/GLM-4.6 config.json and model card
             "GLM-4.6",
             n_layers=92,
             hidden=5120,
@@ -138,7 +166,7 @@ MODELS: dict[str, Model] = {
             "160 routed experts, 8 per token, 1 shared, moe_intermediate 1536); 355B total / "
             "32B active per its model card",
         ),
-        Model(
+        Model(  # provenance: spec — Qwen/Qwen3-235B-A22B config.json and model card
             "Qwen3-235B-A22B",
             n_layers=94,
             hidden=4096,
@@ -154,7 +182,7 @@ MODELS: dict[str, Model] = {
             source="Qwen/Qwen3-235B-A22B config.json (94 layers, 64 heads, 4 KV heads, head_dim "
             "128, 128 experts, 8 per token, moe_intermediate 1536)",
         ),
-        Model(
+        Model(  # provenance: spec — Qwen/Qwen3-8B config.json and model card
             "Qwen3-8B",
             n_layers=36,
             hidden=4096,
@@ -167,7 +195,7 @@ MODELS: dict[str, Model] = {
             source="Qwen/Qwen3-8B config.json (36 layers, 32 heads, 8 KV heads, head_dim 128); "
             "8.2B parameters per its model card",
         ),
-        Model(
+        Model(  # provenance: spec — meta-llama/Llama-3.1-8B config.json
             "Llama-3.1-8B",
             n_layers=32,
             hidden=4096,
@@ -180,7 +208,7 @@ MODELS: dict[str, Model] = {
             source="meta-llama/Llama-3.1-8B config.json (32 layers, 32 heads, 8 KV heads, "
             "head_dim 128)",
         ),
-        Model(
+        Model(  # provenance: spec — meta-llama/Llama-3.1-70B config.json
             "Llama-3.1-70B",
             n_layers=80,
             hidden=8192,
@@ -197,10 +225,12 @@ MODELS: dict[str, Model] = {
 }
 
 # vLLM's default --gpu-memory-utilization (vllm/config/cache.py).
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # provenance: spec — vLLM's default --gpu-memory-utilization
 # Per-GPU memory vLLM's profiling run finds taken besides weights and KV: activations of the
 # largest batch, CUDA graphs, NCCL buffers. An estimate (a few GiB on Hopper for large models,
 # as vLLM's start-up log reports), replaceable by a calibrated profile.
+# provenance: estimate — a few GiB per GPU for activations, CUDA graphs, NCCL buffers and the
+# memory CUDA hides from nvidia-smi's total (vLLM start-up logs); --kv-tokens replaces it
 DEFAULT_RUNTIME_RESERVE_BYTES = 4 * GiB
 
 
@@ -210,7 +240,7 @@ class Setup:
 
     gpu: GPU
     model: Model
-    tp: int = 8
+    tp: int = 8  # provenance: spec — the paper's replicas: TP8 on one 8-GPU node (PAPER.md Setups)
     weight_dtype: str = "fp8"
     kv_dtype: str = "fp8"
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
