@@ -37,9 +37,9 @@ WORKLOAD = "openhands"
 # --- fitting helpers --------------------------------------------------------------------------
 
 _NORMAL = NormalDist()
-Z95 = _NORMAL.inv_cdf(0.95)  # 1.6449
-Z99 = _NORMAL.inv_cdf(0.99)  # 2.3263
-TOOL_S_MIN = 0.001  # the trace's resolution; no tool call takes zero time
+Z95 = _NORMAL.inv_cdf(0.95)  # provenance: definition — z-score of the standard normal (1.6449)
+Z99 = _NORMAL.inv_cdf(0.99)  # provenance: definition — z-score of the standard normal (2.3263)
+TOOL_S_MIN = 0.001  # provenance: definition — the trace's resolution (ms); no tool call takes zero time
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +152,8 @@ class Tool:
     name: str
     fraction: float  # share of the non-final actions
     latency: Distribution  # seconds
-    observation_scale: float = 1.0  # its observation's size relative to the workload's median
+    # Its observation's size relative to the workload's median.
+    observation_scale: float = 1.0  # provenance: definition — neutral default (no rescaling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,8 @@ def codeact_generate(
 # WORKLOADS, OpenHands runs with 50 iterations, so ≈27% of programs stop at the cap (the
 # corpus has P(turns > 50) ≈ 0.27), as OpenHands runs on hard SWE-bench tasks do.
 TURNS = Lognormal(swe.TURNS_MEDIAN, swe.TURNS_SIGMA)
+# provenance: spec — PAPER / WORKLOADS: OpenHands runs with 50 iterations (the harness setting the
+# paper ran)
 TURNS_MAX = 50
 TURNS_MIN = swe.TURNS_MIN
 
@@ -279,6 +282,7 @@ TURNS_MIN = swe.TURNS_MIN
 # later) plus the JSON tool schemas sent with every call — execute_bash ≈4.0K characters,
 # str_replace_editor ≈6.0K, task_tracker ≈8.2K (openhands/agenthub/codeact_agent/tools/*.py),
 # think and finish ≈1–2K — ≈25K characters ≈ 6,000 tokens at ≈4 characters per token.
+# provenance: estimate — character counts of OpenHands' prompt and tool schemas at ≈4 chars/token
 SYSTEM_PROMPT_TOKENS = 6000
 SYSTEM_PROMPT_ID = "openhands-system"
 
@@ -288,7 +292,7 @@ SYSTEM_PROMPT_ID = "openhands-system"
 # wraps the per-task issue, so it is not part of the shared prefix.
 TASK_TOKENS = Lognormal(swe.TASK_TOKENS_MEDIAN, swe.TASK_TOKENS_SIGMA)
 TASK_TOKENS_MAX = swe.TASK_TOKENS_MAX
-TASK_TEMPLATE_TOKENS = 800
+TASK_TEMPLATE_TOKENS = 800  # provenance: estimate — OpenHands' SWE-bench instruction template
 
 # Later calls: the previous action's observation. Shape: WORKLOADS, aiperf's new tokens per
 # turn (median 4000 / mean 6000 → sigma 0.90, as in swe.py) and swe.py's per-task verbosity
@@ -300,13 +304,21 @@ TASK_TEMPLATE_TOKENS = 800
 # mini-SWE from 72, on the same GLM-4.6 node, so an OpenHands program holds ≈72/48 = 1.5× the
 # KV of a mini-SWE one: peak context median ≈1.5 × the corpus's 23.8K ≈ 36K. A Monte Carlo
 # over 20K programs with the constants here gives median ≈35.7K, p95 ≈77K (resets included).
+# Every figure on the OpenHands or ScienceAgentBench workloads (science.py reuses these
+# observations) compares a metric that depends on this scale.
+# provenance: fitted-to-paper [fig4b, fig5b, fig4e, fig5e, fig6a, table2, fig4f, fig5f] — the 2.3× scale is tuned so that
+# OpenHands' KV thrashing starts where Fig 5a/5b's does (48 vs mini-SWE's 72 parallel
+# workflows); the shape (sigma) is aiperf's (WORKLOADS)
 OBS_TOKENS = Lognormal(2.3 * swe.OBS_TOKENS_MEDIAN, swe.OBS_TOKENS_SIGMA)
+# provenance: spec — OpenHands' LLMConfig.max_message_chars = 30,000 characters, converted at ≈4
+# characters per token (an estimate)
 OBS_TOKENS_MAX = 7500
 PROGRAM_VERBOSITY_SIGMA = swe.PROGRAM_VERBOSITY_SIGMA
 
 # Output per call: a thought and one function call whose arguments may carry code
 # (str_replace_editor's old_str/new_str/file_text). Median ASSUMPTION 250 tokens (mini-SWE's
 # 150 plus the JSON arguments); sigma WORKLOADS (aiperf, as swe.py); cap as swe.py.
+# provenance: estimate — median 250 tokens (mini-SWE's 150 plus JSON arguments); sigma as swe.py
 OUTPUT_TOKENS = Lognormal(250, swe.OUTPUT_TOKENS_SIGMA)
 OUTPUT_TOKENS_MAX = swe.OUTPUT_TOKENS_MAX
 
@@ -317,16 +329,20 @@ OUTPUT_TOKENS_MAX = swe.OUTPUT_TOKENS_MAX
 # the V1 SDK's LLMSummarizingCondenser fires at 120–240 events (60+ iterations) — so this is
 # an upper estimate for 50-iteration runs. ASSUMPTION: not before turn 5 (the condenser keeps
 # the first 4 events, keep_first = 4, so there is nothing to condense before).
+# provenance: measured — aiperf's agentic-coding manifest: context reset probability ≈0.05 per turn
+# (WORKLOADS); an upper estimate for OpenHands' own condenser defaults (see above)
 RESET_PROBABILITY = 0.05
+# provenance: spec — OpenHands' condenser keeps the first 4 events (keep_first = 4), so nothing can be
+# condensed before turn 5
 RESET_MIN_TURN = 5
 # OpenHands' LLMSummarizingCondenser keeps the newer half of the events (events_from_tail =
 # max_size // 2 − keep_first − 1) and replaces the older half by a summary. The kept half is
 # re-sent after the summary, so it is new input to the engine. Summary size ASSUMPTION:
 # median 800 tokens (its template asks for USER_CONTEXT, COMPLETED, PENDING, CODE_STATE,
 # TESTS, CHANGES … sections), sigma 0.5, capped at 4096 (a max_tokens setting).
-KEEP_FRACTION = 0.5
-SUMMARY_TOKENS = Lognormal(800, 0.5)
-SUMMARY_TOKENS_MAX = 4096
+KEEP_FRACTION = 0.5  # provenance: spec — LLMSummarizingCondenser keeps the newer half of the events
+SUMMARY_TOKENS = Lognormal(800, 0.5)  # provenance: estimate — size of the condenser's summary
+SUMMARY_TOKENS_MAX = 4096  # provenance: estimate — a max_tokens setting for the summary
 
 # Context window: as swe.py (128K). A call that would overflow is condensed first (OpenHands
 # condenses / truncates on a context-window error), and the run ends if even that overflows.
@@ -335,8 +351,12 @@ MAX_CONTEXT_TOKENS = swe.MAX_CONTEXT_TOKENS
 # --- tools ---
 # WORKLOADS (ThunderAgent's measurements of OpenHands' tools): str_replace_editor p95 0.18 s /
 # p99 0.38 s → sigma = ln(0.38/0.18)/(z99 − z95) ≈ 1.10, median ≈ 0.030 s.
+# provenance: fitted-to-paper [fig9] — through the paper's Fig 9 str_replace_editor p95 0.18 s /
+# p99 0.38 s, which fig9 then compares (science.py's editor is this one)
 EDITOR_S = Lognormal.through(0.18, 0.38)
 # task_tracker p95 0.05 s / p99 0.13 s → sigma ≈ 1.40, median ≈ 0.005 s (an in-memory list).
+# provenance: fitted-to-paper [] — through the paper's task_tracker p95 0.05 s / p99 0.13 s (WORKLOADS);
+# no spec compares task_tracker
 TASK_TRACKER_S = Lognormal.through(0.05, 0.13)
 # execute_bash: no OpenHands-on-SWE-bench quantiles are published; WORKLOADS gives "bash
 # seconds with a heavy tail from test runs and builds" and aiperf's tool-like delay (median
@@ -351,34 +371,44 @@ FINISH_S = Lognormal(swe.SUBMIT_S_MEDIAN, swe.SUBMIT_S_SIGMA)
 # for viewing and editing files most of the rest, task_tracker now and then (it is advertised
 # to be used at the start and whenever a sub-task is done). Observation sizes: task_tracker
 # prints a short list (ASSUMPTION 0.3× the median observation).
+# provenance: estimate — the action mix (bash 0.55, editor 0.38, task_tracker 0.07) and task_tracker's
+# 0.3× observation size: no published per-tool counts for OpenHands on SWE-bench
 TOOLS = (
     Tool("execute_bash", 0.55, BASH_S),
     Tool("str_replace_editor", 0.38, EDITOR_S),
     Tool("task_tracker", 0.07, TASK_TRACKER_S, observation_scale=0.3),
 )
-FINISH = Tool("finish", 0.0, FINISH_S)
+FINISH = Tool("finish", 0.0, FINISH_S)  # provenance: definition — fraction 0: only ever the last action
 
 # --- sandbox environment ---
 # PAPER / WORKLOADS: environment preparation 29.9 s at 24 parallel workflows (its growth with
 # concurrency is the simulator's business), spread as swe.py (ASSUMPTION, sigma 0.15).
 ENV_PREP_S = Lognormal(swe.ENV_PREP_S_MEDIAN, swe.ENV_PREP_S_SIGMA)
-# PAPER / WORKLOADS: OpenHands sandboxes take >10 GB of disk; PAPER: leftover sandboxes cross
-# a 2 TB disk at ≈195 workflows, ≈10.3 GB each. So: 10 GB plus a lognormal excess of median
-# 0.3 GB (median total ≈10.3 GB); its sigma 1.0 is an ASSUMPTION (some repositories carry
-# large test data).
+# PAPER / WORKLOADS: OpenHands sandboxes take >10 GB of disk, a lower bound stated in the text.
+# The size is NOT read off Fig 2b (its 2 TB crossing at ≈195 workflows is what fig2b compares,
+# so it cannot also be an input): 10 GB is the floor, plus a small lognormal excess. The one
+# independent per-instance figure we found sits at the floor, not above it: OpenHands on
+# SWE-bench Verified left ≈1.3 TB of images after ≈140 instances, ≈9.3 GB each
+# (github.com/OpenHands/OpenHands/issues/9679). So the excess is kept small: median 0.1 GB
+# (the container's own writes: edits, build and test artefacts, caches), sigma 1.0 (some
+# repositories carry large test data); median total ≈10.1 GB, mean ≈10.16 GB.
+# provenance: measured — PAPER / WORKLOADS: OpenHands sandboxes take >10 GB (the paper's stated lower
+# bound; OpenHands issue #9679 reports ≈9.3 GB of images per SWE-bench Verified instance)
 ENV_DISK_FLOOR_BYTES = 10_000_000_000
-ENV_DISK_EXCESS_BYTES = Lognormal(300_000_000, 1.0)
+# provenance: estimate — a small excess over the floor (median 0.1 GB, sigma 1.0), not derived from any
+# figure; was median 0.3 GB back-derived from Fig 2b's 2 TB crossing
+ENV_DISK_EXCESS_BYTES = Lognormal(100_000_000, 1.0)
 # OpenHands' DockerRuntime takes four host ports per sandbox: the action-execution server,
 # VSCode and two app ports (EXECUTION_SERVER_PORT_RANGE, VSCODE_PORT_RANGE, APP_PORT_RANGE_1/2
 # in openhands/runtime/impl/docker/docker_runtime.py).
-ENV_PORTS = 4
+ENV_PORTS = 4  # provenance: spec — OpenHands' DockerRuntime takes four host port ranges per sandbox
 
 # --- arrivals ---
 ARRIVALS_PER_MIN = swe.ARRIVALS_PER_MIN  # ASSUMPTION, as swe.py: a Poisson stream, 6/min
 
 # Stream labels mixed into the seed, so each subsystem has its own independent stream.
-_ARRIVAL_STREAM = 0
-_PROGRAM_STREAM = 1
+_ARRIVAL_STREAM = 0  # provenance: definition — a random-stream label
+_PROGRAM_STREAM = 1  # provenance: definition — a random-stream label
 
 PROFILE = CodeActProfile(
     workload=WORKLOAD,

@@ -38,13 +38,13 @@ WORKLOAD = "rollout"
 # ASSUMPTION: 8 samples per task, a common GRPO group size; with PAPER's N = 144 concurrent
 # rollout programs that is 18 tasks per batch (WORKLOADS: "several samples of one task share
 # the task prompt").
-GROUP_SIZE = 8
+GROUP_SIZE = 8  # provenance: estimate — a common GRPO group size; the paper does not give one
 
 # --- turns: swe.py's lognormal (WORKLOADS corpus p50 36 / p95 87), its variance of log(turns)
 # split evenly (ASSUMPTION) between the task (shared by the group) and the sample.
 TURNS_MEDIAN = swe.TURNS_MEDIAN
-TASK_TURNS_SIGMA = swe.TURNS_SIGMA / math.sqrt(2)
-SAMPLE_TURNS_SIGMA = swe.TURNS_SIGMA / math.sqrt(2)
+TASK_TURNS_SIGMA = swe.TURNS_SIGMA / math.sqrt(2)  # provenance: estimate — half the log-variance per task
+SAMPLE_TURNS_SIGMA = swe.TURNS_SIGMA / math.sqrt(2)  # provenance: estimate — and half per sample
 TURNS_MAX = swe.TURNS_MAX  # PAPER / WORKLOADS: mini-SWE-agent's step limit, 135
 TURNS_MIN = swe.TURNS_MIN
 
@@ -54,7 +54,7 @@ TASK_TOKENS = Lognormal(swe.TASK_TOKENS_MEDIAN, swe.TASK_TOKENS_SIGMA)
 TASK_TOKENS_MAX = swe.TASK_TOKENS_MAX
 # The first call adds only the chat template's assistant header after the shared prefix
 # (ASSUMPTION: 5 tokens, e.g. "<|im_start|>assistant\n").
-FIRST_INPUT_TOKENS = 5
+FIRST_INPUT_TOKENS = 5  # provenance: estimate — the chat template's assistant header
 
 # --- per step: swe.py's distributions ---
 OBS_TOKENS = Lognormal(swe.OBS_TOKENS_MEDIAN, swe.OBS_TOKENS_SIGMA)
@@ -71,10 +71,10 @@ ENV_PORTS = swe.ENV_PORTS
 # --- arrivals ---
 # ASSUMPTION: the trainer submits a whole rollout batch at once, so every program arrives at
 # t = 0 (PAPER: N = 144 programs run concurrently); closed-loop replay ignores it anyway.
-ARRIVAL_S = 0.0
+ARRIVAL_S = 0.0  # provenance: estimate — the trainer submits the whole rollout batch at once
 
-_GROUP_STREAM = 0
-_PROGRAM_STREAM = 1
+_GROUP_STREAM = 0  # provenance: definition — a random-stream label
+_PROGRAM_STREAM = 1  # provenance: definition — a random-stream label
 
 
 def prefix_id(group: int) -> str:
