@@ -7,6 +7,27 @@ finds it even under memory pressure. Programs are admitted on arrival only when 
 fits beside the ACTIVE ones (a waiting program is admitted FIFO as others finish), onto the
 replica with the most room by that same accounting; an admitted program is never paused and stays
 on its replica. (Request-level load signals cannot place it: at arrival it has no call yet.)
+
+What Continuum's published code does (Li et al., arXiv 2511.02230; the authors' preview release
+github.com/Hanchenli/vllm-continuum, commit 316a587, whose README says it runs "without the
+estimation in the paper"; read in vllm/v1/core/estimate_with_func.py and
+vllm/v1/core/sched/scheduler.py of its public forks, e.g. Whrlicht/vllm-continuum):
+- FIXED_THRESHOLD_CONTINUUM = 2.0 s. After a call that emits a tool call, the KV is pinned iff
+  the tool's predicted time is <= 2 s, and then for a TTL of exactly 2 s (the threshold itself,
+  not the prediction); slower tools are not pinned at all.
+- The prediction is the plain mean of every observed duration of that tool, across programs
+  (not a moving average), keyed by the first word of the bash command (ls, git, python, ...).
+  A tool never seen before predicts 0 s, so it is pinned.
+- A pin expires when its TTL has passed AND the program has no request waiting; when the
+  running queue cannot make room otherwise, the scheduler releases a pin (the latest-ending
+  one first).
+- The paper's own estimator (a TTL maximising P(tool done by tau) x benefit - tau over an
+  empirical CDF, with an exponential prior at cold start) is not in that release.
+The defaults below follow the release where a parameter can express it (the 2 s threshold);
+`ema_alpha` and `ttl_factor` have no counterpart in it (see their tags). Differences that the
+parameters cannot close: thundersim's traces name tools coarsely ("bash", not the command), so
+one mean covers fast and slow commands alike; the TTL here is ttl_factor x the prediction, not
+the fixed 2 s; and a tool with no history is not pinned here, where the release pins it.
 """
 
 from __future__ import annotations
@@ -31,9 +52,19 @@ class Continuum(Policy):
 
     name = "continuum"
     params = {
-        "pin_threshold_s": 10.0,  # pin only when the predicted tool time is at most this
-        "ema_alpha": 0.2,  # weight of the newest observation in the per-tool average
-        "ttl_factor": 1.0,  # TTL = factor x predicted tool time
+        # Pin only when the predicted tool time is at most this.
+        # provenance: spec — FIXED_THRESHOLD_CONTINUUM = 2.0 s in Continuum's released code
+        # (github.com/Hanchenli/vllm-continuum, vllm/v1/core/estimate_with_func.py); was 10 s, which
+        # had no source
+        "pin_threshold_s": 2.0,
+        # Weight of the newest observation in the per-tool average.
+        # provenance: estimate — no source: the released code averages all observations equally (a
+        # cumulative mean, weight 1/n), which a fixed weight cannot express
+        "ema_alpha": 0.2,
+        # TTL = factor x predicted tool time.
+        # provenance: estimate — no counterpart: the released code pins for the fixed 2 s threshold,
+        # not a multiple of the prediction
+        "ttl_factor": 1.0,
     }
 
     def __init__(self, options: PolicyOptions | None = None):

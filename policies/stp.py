@@ -41,6 +41,8 @@ class STP(Policy):
     """ThunderAgent: watermarks every dt, pause acting/shortest first, restore reasoning/shortest first."""
 
     name = "stp"
+    # provenance: spec — off (0): the paper's global paused queue; 1 is our session-affinity
+    # baseline, not the paper's method
     params = {"sticky": 0.0}
 
     def __init__(self, options: PolicyOptions | None = None):

@@ -20,6 +20,8 @@ class STPFair(STP):
     """STP + aging: a program queued longer than aging_s goes first and gets its room reserved."""
 
     name = "stp_fair"
+    # provenance: estimate — a minute of waiting before a program jumps the queue; no source, sweep
+    # it with --param aging_s=...
     params = {**STP.params, "aging_s": 60.0}
 
     def __init__(self, options: PolicyOptions | None = None):

@@ -27,6 +27,8 @@ class STPTool(STP):
     """STP whose decay is each tool's learned hazard: P(returns within H | running t)."""
 
     name = "stp_tool"
+    # provenance: estimate — horizon one tick, 20 observations before trusting a tool's hazard, a
+    # 2,000-observation sliding window: our own choices, not from a source
     params = {**STP.params, "horizon_dt": 1.0, "min_samples": 20.0, "window": 2000.0}
 
     def __init__(self, options: PolicyOptions | None = None):

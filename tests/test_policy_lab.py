@@ -168,7 +168,7 @@ def continuum_program(c: LabCluster, pid="p", tools=None) -> Program:
 
 def test_continuum_does_not_pin_before_a_tool_has_history_then_pins_for_its_average():
     c = LabCluster([100_000])
-    pol = policy("continuum")
+    pol = policy("continuum", pin_threshold_s=10.0)  # 3-5 s tools: above the 2 s default
     p = continuum_program(c)
     assert observe_tool(pol, c, p, 3.0) == []  # first bash call: nothing to predict from
     assert pol.predicted == {"bash": pytest.approx(3.0)}
@@ -254,7 +254,8 @@ def test_continuum_pin_after_the_last_call_is_dropped_when_the_program_finishes(
 
     steps = [(300, 20, 3.0)] * 3 + [(100, 10, 0.5)]
     specs = [make_program("p", steps, prefix=(None, 0))]
-    pol = Probe(PolicyOptions())
+    # 3 s tools: above the 2 s default threshold (Continuum's released code), so set it higher.
+    pol = Probe(PolicyOptions(params=(("pin_threshold_s", 10.0),)))
     config = RunConfig(
         setup=make_setup(kv_capacity_override=20_000), concurrency=1, tool_manager=None
     )
@@ -332,7 +333,8 @@ def test_continuum_pins_reach_the_engine_and_raise_the_hit_rate(monkeypatch):
         assert res.summary["programs_completed"] == len(specs)
         return res, audit, engines[0].stats()
 
-    pinned, audit, stats = run(())
+    # The trace's tools take 3 s, above the 2 s default threshold: pin up to 10 s here.
+    pinned, audit, stats = run((("pin_threshold_s", 10.0),))
     assert audit.counts["Pause"] == 0
     assert 0 < stats.extra["pins"] <= audit.counts["Pin"]
     unpinned, audit_off, stats_off = run((("pin_threshold_s", 0.0),))

@@ -19,8 +19,8 @@ GiB = 1024**3  # provenance: definition — IEC gibibyte
 MiB = 1024**2  # provenance: definition — IEC mebibyte (nvidia-smi's "MiB")
 GB = 1000**3  # provenance: definition — SI gigabyte (datasheets' "GB")
 
-# provenance: spec — bytes per element of each number format (IEEE 754 fp32/fp16, bfloat16,
-# OCP FP8, int8, int4)
+# provenance: spec — bytes per element of each number format (IEEE 754 fp32/fp16, bfloat16, OCP FP8,
+# int8, int4)
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 
 
@@ -60,8 +60,8 @@ class Model:
     n_experts: int = 0  # provenance: definition — routed experts per MoE layer (0 = dense)
     experts_per_token: int = 0  # provenance: definition — none for a dense model
     expert_params: float = 0.0  # provenance: definition — none for a dense model
-    # provenance: estimate — a fallback window (Llama-3.1's 128K) for a model that gives none;
-    # every catalogued model sets its own
+    # provenance: estimate — a fallback window (Llama-3.1's 128K) for a model that gives none; every
+    # catalogued model sets its own
     max_context: int = 131072
     source: str = ""
 
@@ -105,8 +105,8 @@ GPUS: dict[str, GPU] = {
         ),
         GPU(  # provenance: spec — NVIDIA H200 Tensor Core GPU datasheet (SXM)
             "H200",
-            # provenance: measured — nvidia-smi reports 143,771 MiB on an H200 (nvidia-smi
-            # output of 8xH200 nodes published in many repositories, e.g. driver 570.158.01)
+            # provenance: measured — nvidia-smi reports 143,771 MiB on an H200 (nvidia-smi output of
+            # 8xH200 nodes published in many repositories, e.g. driver 570.158.01)
             memory_bytes=143_771 * MiB,
             hbm_bandwidth=4.8e12,
             bf16_flops=989e12,
@@ -127,7 +127,8 @@ GPUS: dict[str, GPU] = {
             "memory as nvidia-smi reports it, 81,920 MiB "
             "(github.com/modal-labs/modal-client/pull/2797)",
         ),
-        GPU(  # provenance: spec — NVIDIA RTX Blackwell GPU architecture whitepaper (GeForce RTX 5090)
+        # provenance: spec — NVIDIA RTX Blackwell GPU architecture whitepaper (GeForce RTX 5090)
+        GPU(
             "RTX-5090",
             # provenance: measured — nvidia-smi reports 32,607 MiB on a GeForce RTX 5090
             # (noonghunna/club-3090#1107)
@@ -229,8 +230,8 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # provenance: spec — vLLM's default --gp
 # Per-GPU memory vLLM's profiling run finds taken besides weights and KV: activations of the
 # largest batch, CUDA graphs, NCCL buffers. An estimate (a few GiB on Hopper for large models,
 # as vLLM's start-up log reports), replaceable by a calibrated profile.
-# provenance: estimate — a few GiB per GPU for activations, CUDA graphs, NCCL buffers and the
-# memory CUDA hides from nvidia-smi's total (vLLM start-up logs); --kv-tokens replaces it
+# provenance: estimate — a few GiB per GPU for activations, CUDA graphs, NCCL buffers and the memory
+# CUDA hides from nvidia-smi's total (vLLM start-up logs); --kv-tokens replaces it
 DEFAULT_RUNTIME_RESERVE_BYTES = 4 * GiB
 
 

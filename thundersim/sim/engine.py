@@ -35,10 +35,15 @@ from thundersim.sim.blocks import BlockPool
 from thundersim.sim.latency import LatencyModel
 
 # vLLM's default block size on GPUs (vllm/config/cache.py).
-DEFAULT_BLOCK_SIZE = 16
+DEFAULT_BLOCK_SIZE = 16  # provenance: spec — vLLM's default block size on GPUs
 # vLLM v1 defaults for the OpenAI server on GPUs with >= 70 GiB (vllm/engine/arg_utils.py,
-# `_set_default_args`): max_num_batched_tokens 8192, max_num_seqs 1024.
+# `_set_default_args`): max_num_batched_tokens 8192, max_num_seqs 1024. On smaller GPUs and on
+# any A100, vLLM's defaults are 2048 and 256 instead; these two apply to every GPU here.
+# provenance: spec — vLLM's OpenAI-server default for GPUs with >= 70 GiB that are not A100s (2048
+# on the RTX 5090 and the A100)
 DEFAULT_MAX_BATCHED_TOKENS = 8192
+# provenance: spec — vLLM's OpenAI-server default for GPUs with >= 70 GiB that are not A100s (256 on
+# the RTX 5090 and the A100)
 DEFAULT_MAX_NUM_SEQS = 1024
 
 

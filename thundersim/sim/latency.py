@@ -32,16 +32,19 @@ from thundersim.sim.catalog import DTYPE_BYTES, Setup
 # Model FLOPs utilisation of large FP8/BF16 GEMMs on Hopper: dense GEMMs reach 60-75% of peak in
 # NVIDIA's published cuBLAS numbers; end-to-end prefill with attention and MoE dispatch is lower.
 # 0.5 is an estimate, to be replaced by calibration.
+# provenance: estimate — below cuBLAS's 60-75 % dense-GEMM peaks; calibrate replaces it
 DEFAULT_MFU = 0.5
 # Memory bandwidth utilisation of decode kernels: weight-streaming GEMV and paged attention reach
 # roughly 80% of HBM peak in vLLM/FlashInfer kernel benchmarks. An estimate.
+# provenance: estimate — decode kernels near 80 % of HBM peak; calibrate replaces it
 DEFAULT_MBU = 0.8
 # CPU-side cost per iteration (scheduling, input preparation, sampling, launch) in vLLM V1, a
 # few milliseconds per step as its V1 design notes report. An estimate.
+# provenance: estimate — vLLM V1's CPU-side cost per step (a few ms)
 DEFAULT_STEP_OVERHEAD_S = 0.002
 # Latency of one small NCCL all-reduce over NVLink (tens of microseconds); tensor parallelism
 # does two per layer (after attention and after the MLP).
-DEFAULT_ALLREDUCE_LATENCY_S = 10e-6
+DEFAULT_ALLREDUCE_LATENCY_S = 10e-6  # provenance: estimate — a small NCCL all-reduce over NVLink
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +63,8 @@ class LatencyProfile:
     m_const: float  # seconds to stream the weights every iteration reads
     m_expert: float  # seconds to stream one routed expert (all layers)
     m_kv: float  # seconds to read one cached token's KV
-    n_experts: int = 0
-    experts_per_token: int = 0
+    n_experts: int = 0  # provenance: definition — 0 = a dense model
+    experts_per_token: int = 0  # provenance: definition — none for a dense model
     source: str = "roofline"
 
     def save(self, path: str | Path) -> None:

@@ -39,7 +39,8 @@ WORKLOAD = "openhands"
 _NORMAL = NormalDist()
 Z95 = _NORMAL.inv_cdf(0.95)  # provenance: definition — z-score of the standard normal (1.6449)
 Z99 = _NORMAL.inv_cdf(0.99)  # provenance: definition — z-score of the standard normal (2.3263)
-TOOL_S_MIN = 0.001  # provenance: definition — the trace's resolution (ms); no tool call takes zero time
+# provenance: definition — the trace's resolution (ms); no tool call takes zero time
+TOOL_S_MIN = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,9 +307,9 @@ TASK_TEMPLATE_TOKENS = 800  # provenance: estimate — OpenHands' SWE-bench inst
 # over 20K programs with the constants here gives median ≈35.7K, p95 ≈77K (resets included).
 # Every figure on the OpenHands or ScienceAgentBench workloads (science.py reuses these
 # observations) compares a metric that depends on this scale.
-# provenance: fitted-to-paper [fig4b, fig5b, fig4e, fig5e, fig6a, table2, fig4f, fig5f] — the 2.3× scale is tuned so that
-# OpenHands' KV thrashing starts where Fig 5a/5b's does (48 vs mini-SWE's 72 parallel
-# workflows); the shape (sigma) is aiperf's (WORKLOADS)
+# provenance: fitted-to-paper [fig4b, fig5b, fig4e, fig5e, fig6a, table2, fig4f, fig5f] — the 2.3×
+# scale is tuned so that OpenHands' KV thrashing starts where Fig 5a/5b's does (48 vs mini-SWE's 72
+# parallel workflows); the shape (sigma) is aiperf's (WORKLOADS)
 OBS_TOKENS = Lognormal(2.3 * swe.OBS_TOKENS_MEDIAN, swe.OBS_TOKENS_SIGMA)
 # provenance: spec — OpenHands' LLMConfig.max_message_chars = 30,000 characters, converted at ≈4
 # characters per token (an estimate)
@@ -332,8 +333,8 @@ OUTPUT_TOKENS_MAX = swe.OUTPUT_TOKENS_MAX
 # provenance: measured — aiperf's agentic-coding manifest: context reset probability ≈0.05 per turn
 # (WORKLOADS); an upper estimate for OpenHands' own condenser defaults (see above)
 RESET_PROBABILITY = 0.05
-# provenance: spec — OpenHands' condenser keeps the first 4 events (keep_first = 4), so nothing can be
-# condensed before turn 5
+# provenance: spec — OpenHands' condenser keeps the first 4 events (keep_first = 4), so nothing can
+# be condensed before turn 5
 RESET_MIN_TURN = 5
 # OpenHands' LLMSummarizingCondenser keeps the newer half of the events (events_from_tail =
 # max_size // 2 − keep_first − 1) and replaces the older half by a summary. The kept half is
@@ -351,12 +352,12 @@ MAX_CONTEXT_TOKENS = swe.MAX_CONTEXT_TOKENS
 # --- tools ---
 # WORKLOADS (ThunderAgent's measurements of OpenHands' tools): str_replace_editor p95 0.18 s /
 # p99 0.38 s → sigma = ln(0.38/0.18)/(z99 − z95) ≈ 1.10, median ≈ 0.030 s.
-# provenance: fitted-to-paper [fig9] — through the paper's Fig 9 str_replace_editor p95 0.18 s /
-# p99 0.38 s, which fig9 then compares (science.py's editor is this one)
+# provenance: fitted-to-paper [fig9] — through the paper's Fig 9 str_replace_editor p95 0.18 s / p99
+# 0.38 s, which fig9 then compares (science.py's editor is this one)
 EDITOR_S = Lognormal.through(0.18, 0.38)
 # task_tracker p95 0.05 s / p99 0.13 s → sigma ≈ 1.40, median ≈ 0.005 s (an in-memory list).
-# provenance: fitted-to-paper [] — through the paper's task_tracker p95 0.05 s / p99 0.13 s (WORKLOADS);
-# no spec compares task_tracker
+# provenance: fitted-to-paper [] — through the paper's task_tracker p95 0.05 s / p99 0.13 s
+# (WORKLOADS); no spec compares task_tracker
 TASK_TRACKER_S = Lognormal.through(0.05, 0.13)
 # execute_bash: no OpenHands-on-SWE-bench quantiles are published; WORKLOADS gives "bash
 # seconds with a heavy tail from test runs and builds" and aiperf's tool-like delay (median
@@ -371,14 +372,15 @@ FINISH_S = Lognormal(swe.SUBMIT_S_MEDIAN, swe.SUBMIT_S_SIGMA)
 # for viewing and editing files most of the rest, task_tracker now and then (it is advertised
 # to be used at the start and whenever a sub-task is done). Observation sizes: task_tracker
 # prints a short list (ASSUMPTION 0.3× the median observation).
-# provenance: estimate — the action mix (bash 0.55, editor 0.38, task_tracker 0.07) and task_tracker's
-# 0.3× observation size: no published per-tool counts for OpenHands on SWE-bench
+# provenance: estimate — the action mix (bash 0.55, editor 0.38, task_tracker 0.07) and
+# task_tracker's 0.3× observation size: no published per-tool counts for OpenHands on SWE-bench
 TOOLS = (
     Tool("execute_bash", 0.55, BASH_S),
     Tool("str_replace_editor", 0.38, EDITOR_S),
     Tool("task_tracker", 0.07, TASK_TRACKER_S, observation_scale=0.3),
 )
-FINISH = Tool("finish", 0.0, FINISH_S)  # provenance: definition — fraction 0: only ever the last action
+# provenance: definition — fraction 0: only ever the last action
+FINISH = Tool("finish", 0.0, FINISH_S)
 
 # --- sandbox environment ---
 # PAPER / WORKLOADS: environment preparation 29.9 s at 24 parallel workflows (its growth with
@@ -392,11 +394,11 @@ ENV_PREP_S = Lognormal(swe.ENV_PREP_S_MEDIAN, swe.ENV_PREP_S_SIGMA)
 # (github.com/OpenHands/OpenHands/issues/9679). So the excess is kept small: median 0.1 GB
 # (the container's own writes: edits, build and test artefacts, caches), sigma 1.0 (some
 # repositories carry large test data); median total ≈10.1 GB, mean ≈10.16 GB.
-# provenance: measured — PAPER / WORKLOADS: OpenHands sandboxes take >10 GB (the paper's stated lower
-# bound; OpenHands issue #9679 reports ≈9.3 GB of images per SWE-bench Verified instance)
+# provenance: measured — PAPER / WORKLOADS: OpenHands sandboxes take >10 GB (the paper's stated
+# lower bound; OpenHands issue #9679 reports ≈9.3 GB of images per SWE-bench Verified instance)
 ENV_DISK_FLOOR_BYTES = 10_000_000_000
-# provenance: estimate — a small excess over the floor (median 0.1 GB, sigma 1.0), not derived from any
-# figure; was median 0.3 GB back-derived from Fig 2b's 2 TB crossing
+# provenance: estimate — a small excess over the floor (median 0.1 GB, sigma 1.0), not derived from
+# any figure; was median 0.3 GB back-derived from Fig 2b's 2 TB crossing
 ENV_DISK_EXCESS_BYTES = Lognormal(100_000_000, 1.0)
 # OpenHands' DockerRuntime takes four host ports per sandbox: the action-execution server,
 # VSCode and two app ports (EXECUTION_SERVER_PORT_RANGE, VSCODE_PORT_RANGE, APP_PORT_RANGE_1/2

@@ -43,7 +43,8 @@ GROUP_SIZE = 8  # provenance: estimate — a common GRPO group size; the paper d
 # --- turns: swe.py's lognormal (WORKLOADS corpus p50 36 / p95 87), its variance of log(turns)
 # split evenly (ASSUMPTION) between the task (shared by the group) and the sample.
 TURNS_MEDIAN = swe.TURNS_MEDIAN
-TASK_TURNS_SIGMA = swe.TURNS_SIGMA / math.sqrt(2)  # provenance: estimate — half the log-variance per task
+# provenance: estimate — half the log-variance per task
+TASK_TURNS_SIGMA = swe.TURNS_SIGMA / math.sqrt(2)
 SAMPLE_TURNS_SIGMA = swe.TURNS_SIGMA / math.sqrt(2)  # provenance: estimate — and half per sample
 TURNS_MAX = swe.TURNS_MAX  # PAPER / WORKLOADS: mini-SWE-agent's step limit, 135
 TURNS_MIN = swe.TURNS_MIN

@@ -68,8 +68,8 @@ RESET_MIN_TURN = oh.RESET_MIN_TURN
 TOOL_S_MAX = 600.0
 # execute_bash p95 71 s / p99 192 s: one lognormal through both, sigma = ln(192/71)/(z99 − z95)
 # ≈ 1.46, median ≈ 6.4 s; it puts ≈0.1% of calls above 600 s, which the cap clips.
-# provenance: fitted-to-paper [fig9] — through the paper's Fig 9 execute_bash p95 71 s / p99 192 s, which
-# fig9 then compares (an input, not a fit target, of fig4f/fig5f's throughput and hit rate)
+# provenance: fitted-to-paper [fig9] — through the paper's Fig 9 execute_bash p95 71 s / p99 192 s,
+# which fig9 then compares (an input, not a fit target, of fig4f/fig5f's throughput and hit rate)
 BASH_S = Lognormal.through(71.0, 192.0)
 # execute_ipython_cell p95 ≈5 s / p99 97 s: a 19× jump within the top 4% that no single
 # lognormal can make with a sensible body (through p95/p99 alone sigma ≈ 4.4, median 4 ms).
@@ -78,8 +78,8 @@ BASH_S = Lognormal.through(71.0, 192.0)
 # lognormal is fitted so that the mixture's p95 and p99 are exactly 5 and 97 s
 # (LognormalMixture.through): median ≈53 s, sigma ≈1.42. The weight 0.03 maximises how well a
 # few thousand samples pin down both quantiles among the weights that fit.
-# provenance: fitted-to-paper [fig9] — tail fitted to the paper's Fig 9 execute_ipython_cell p95 ≈5 s /
-# p99 97 s, which fig9 then compares; the body (median 1 s, sigma 0.8) and the 3% weight are
+# provenance: fitted-to-paper [fig9] — tail fitted to the paper's Fig 9 execute_ipython_cell p95 ≈5
+# s / p99 97 s, which fig9 then compares; the body (median 1 s, sigma 0.8) and the 3% weight are
 # estimates
 IPYTHON_S = LognormalMixture.through(5.0, 97.0, Lognormal(1.0, 0.8), tail_weight=0.03)
 # str_replace_editor 0.18 / 0.38 s and task_tracker 0.05 / 0.13 s: the same measurements as
@@ -88,7 +88,8 @@ EDITOR_S = oh.EDITOR_S
 TASK_TRACKER_S = oh.TASK_TRACKER_S
 # Mix: ASSUMPTION — running the program (bash) and probing data (ipython) about a third each,
 # editing the program file a quarter, the task list the rest.
-# provenance: estimate — the action mix (0.35 / 0.30 / 0.28 / 0.07) and task_tracker's 0.3× observation
+# provenance: estimate — the action mix (0.35 / 0.30 / 0.28 / 0.07) and task_tracker's 0.3×
+# observation
 TOOLS = (
     Tool("execute_bash", 0.35, BASH_S),
     Tool("execute_ipython_cell", 0.30, IPYTHON_S),
@@ -97,7 +98,8 @@ TOOLS = (
 )
 # `finish`: the harness copies the predicted program out of the sandbox (ASSUMPTION, as
 # openhands.py's patch extraction).
-FINISH = Tool("finish", 0.0, oh.FINISH_S)  # provenance: definition — fraction 0: only the last action
+# provenance: definition — fraction 0: only the last action
+FINISH = Tool("finish", 0.0, oh.FINISH_S)
 
 # --- sandbox ---
 # PAPER: the science runs use OpenHands' Docker sandboxes; ASSUMPTION: the same footprint as

@@ -36,8 +36,8 @@ _Z99 = 2.3263  # provenance: definition — z-score of the standard normal at 0.
 TURNS_MEDIAN = 36  # provenance: measured — WORKLOADS, 15K-session coding corpus: turns p50 36
 # provenance: measured — WORKLOADS, 15K-session coding corpus: turns p95 87 (through p50 36)
 TURNS_SIGMA = math.log(87 / 36) / _Z95
-# provenance: spec — PAPER / WORKLOADS: mini-SWE-agent's step limit in the paper's runs (a setting of
-# the harness as the paper ran it)
+# provenance: spec — PAPER / WORKLOADS: mini-SWE-agent's step limit in the paper's runs (a setting
+# of the harness as the paper ran it)
 TURNS_MAX = 135
 # ASSUMPTION: look at the repo, make one edit, submit — fewer is not a session.
 # provenance: estimate — a minimal session (look, edit, submit); no source gives a minimum
@@ -52,9 +52,12 @@ SYSTEM_PROMPT_ID = "swe-system"
 # --- first call: the task (issue) description ---
 # ASSUMPTION: median 1500 tokens, sigma 0.6 (SWE-bench issues range from a few lines to
 # pasted tracebacks); capped so one outlier cannot dominate a small trace.
-TASK_TOKENS_MEDIAN = 1500  # provenance: estimate — SWE-bench issue length, no published quantiles used
-TASK_TOKENS_SIGMA = 0.6  # provenance: estimate — spread of issue lengths (a few lines to tracebacks)
-TASK_TOKENS_MAX = 16_000  # provenance: estimate — a cap so one outlier cannot dominate a small trace
+# provenance: estimate — SWE-bench issue length, no published quantiles used
+TASK_TOKENS_MEDIAN = 1500
+# provenance: estimate — spread of issue lengths (a few lines to tracebacks)
+TASK_TOKENS_SIGMA = 0.6
+# provenance: estimate — a cap so one outlier cannot dominate a small trace
+TASK_TOKENS_MAX = 16_000
 
 # --- later calls: the previous command's observation ---
 # Shape: WORKLOADS, aiperf's coding-session manifest, new tokens per turn median 4000 /
@@ -66,14 +69,16 @@ TASK_TOKENS_MAX = 16_000  # provenance: estimate — a cap so one outlier cannot
 # A Monte Carlo grid over (median, factor sigma) with 200K programs gave, for 230 tokens and
 # 0.6: p50 ≈ 24.0K (+1%), p95 ≈ 65K (−7%), p99 ≈ 100K (+11%). Two parameters cannot hit
 # all three quantiles; we favoured the median, which is what most of a run's KV looks like.
-# provenance: measured — Monte Carlo fit (with PROGRAM_VERBOSITY_SIGMA) to the corpus's peak context per
-# session, p50 23.8K / p95 69.3K / p99 89.9K (WORKLOADS)
+# provenance: measured — Monte Carlo fit (with PROGRAM_VERBOSITY_SIGMA) to the corpus's peak context
+# per session, p50 23.8K / p95 69.3K / p99 89.9K (WORKLOADS)
 OBS_TOKENS_MEDIAN = 230
-# provenance: measured — aiperf's coding-session manifest (WORKLOADS): new tokens per turn median 4000,
-# mean 6000
+# provenance: measured — aiperf's coding-session manifest (WORKLOADS): new tokens per turn median
+# 4000, mean 6000
 OBS_TOKENS_SIGMA = math.sqrt(2 * math.log(6000 / 4000))
-OBS_TOKENS_MAX = 50_000  # provenance: measured — aiperf's manifest (WORKLOADS): new tokens per turn max 50K
-# provenance: measured — fitted with OBS_TOKENS_MEDIAN to the corpus's peak-context p50/p95/p99 (WORKLOADS)
+# provenance: measured — aiperf's manifest (WORKLOADS): new tokens per turn max 50K
+OBS_TOKENS_MAX = 50_000
+# provenance: measured — fitted with OBS_TOKENS_MEDIAN to the corpus's peak-context p50/p95/p99
+# (WORKLOADS)
 PROGRAM_VERBOSITY_SIGMA = 0.6
 
 # --- output per call: a short thought and one bash command ---
@@ -89,39 +94,43 @@ OUTPUT_TOKENS_MAX = 4096  # provenance: estimate — a common max_tokens setting
 # ASSUMPTION: 128K tokens, the long-context window of Llama-3.1 and of Qwen3 with YaRN, so
 # every program fits the catalogued models. A real agent would stop with a context-limit
 # error; we end the program at the last call that fits (affects well under 1% of programs).
-# provenance: estimate — the choice of window: 128K is Llama-3.1's and Qwen3-with-YaRN's published window
-# (GLM-4.6's is 200K), picked so that every program fits every catalogued model
+# provenance: estimate — the choice of window: 128K is Llama-3.1's and Qwen3-with-YaRN's published
+# window (GLM-4.6's is 200K), picked so that every program fits every catalogued model
 MAX_CONTEXT_TOKENS = 131_072
 
 # --- tools ---
 # bash: WORKLOADS, aiperf's tool-like delay, median 2 s / mean 5 s → sigma = sqrt(2·ln 2.5)
 # ≈ 1.35; this gives p99 ≈ 47 s and p99.9 ≈ 130 s, the "tens to hundreds of seconds" tail of
 # test runs and builds (WORKLOADS). Capped at 600 s, where ScienceAgentBench bash tails end.
-BASH_S_MEDIAN = 2.0  # provenance: measured — aiperf's tool-like inter-turn delay, median 2 s (WORKLOADS)
-BASH_S_SIGMA = math.sqrt(2 * math.log(5.0 / 2.0))  # provenance: measured — aiperf's tool-like delay mean 5 s
+# provenance: measured — aiperf's tool-like inter-turn delay, median 2 s (WORKLOADS)
+BASH_S_MEDIAN = 2.0
+# provenance: measured — aiperf's tool-like delay mean 5 s
+BASH_S_SIGMA = math.sqrt(2 * math.log(5.0 / 2.0))
 # provenance: fitted-to-paper [] — where the paper's Fig 9 ScienceAgentBench tails end (≈600 s,
 # WORKLOADS); no spec compares a metric this cap moves (fig9 compares p95/p99, all below it)
 TOOL_S_MAX = 600.0
 # editor: WORKLOADS, OpenHands str_replace_editor p95 0.18 s / p99 0.38 s →
 # sigma = ln(0.38/0.18)/(z99 − z95) ≈ 1.10, median = 0.18/e^(z95·σ) ≈ 0.03 s.
-# provenance: fitted-to-paper [] — through the paper's Fig 9 str_replace_editor p95 0.18 s / p99 0.38 s;
-# fig9 compares the science trace's editor (openhands.EDITOR_S), not this one
+# provenance: fitted-to-paper [] — through the paper's Fig 9 str_replace_editor p95 0.18 s / p99
+# 0.38 s; fig9 compares the science trace's editor (openhands.EDITOR_S), not this one
 EDITOR_S_SIGMA = math.log(0.38 / 0.18) / (_Z99 - _Z95)
 # provenance: fitted-to-paper [] — through Fig 9's editor p95 0.18 s (see EDITOR_S_SIGMA)
 EDITOR_S_MEDIAN = 0.18 / math.exp(_Z95 * EDITOR_S_SIGMA)
 # ASSUMPTION: mini-SWE-agent itself has only bash (it edits with sed / heredocs); the corpus
 # mixes in agents with an editor tool, so a tenth of actions are editor calls.
-EDITOR_FRACTION = 0.10  # provenance: estimate — mini-SWE-agent has only bash; a tenth for the corpus's mix
+# provenance: estimate — mini-SWE-agent has only bash; a tenth for the corpus's mix
+EDITOR_FRACTION = 0.10
 # ASSUMPTION: the final "submit" is a `git diff` in the sandbox, well under a second.
 SUBMIT_S_MEDIAN = 0.5  # provenance: estimate — a `git diff` in the sandbox, well under a second
 SUBMIT_S_SIGMA = 0.5  # provenance: estimate — spread of the submit action
-TOOL_S_MIN = 0.001  # provenance: definition — the trace's resolution (ms); no tool call takes zero time
+# provenance: definition — the trace's resolution (ms); no tool call takes zero time
+TOOL_S_MIN = 0.001
 
 # --- sandbox environment ---
 # WORKLOADS / PAPER: environment preparation 29.9 s at 24 parallel workflows (the growth with
 # concurrency is the simulator's business, not the trace's). Spread: ASSUMPTION, sigma 0.15.
-# provenance: fitted-to-paper [fig2c] — the paper's own Fig 2c value at 24 parallel workflows, so fig2c's
-# first point comes out by construction (every workload with a sandbox inherits it)
+# provenance: fitted-to-paper [fig2c] — the paper's own Fig 2c value at 24 parallel workflows, so
+# fig2c's first point comes out by construction (every workload with a sandbox inherits it)
 ENV_PREP_S_MEDIAN = 29.9
 ENV_PREP_S_SIGMA = 0.15  # provenance: estimate — spread of preparation times between tasks
 # WORKLOADS / PAPER: mini-SWE-agent sandbox ≈2 GB. Spread: ASSUMPTION, sigma 0.1.

@@ -40,7 +40,8 @@ WORKLOAD = "toolorchestra"
 # (p95 ≈ 11); the last round calls `answer`, which ends the program.
 ROUNDS = Lognormal(4, 0.6)  # provenance: estimate — "typically few" rounds: median 4, sigma 0.6
 ROUNDS_MIN = 1  # provenance: definition — the orchestrator may answer at once
-ROUNDS_MAX = 50  # provenance: spec — eval_hle.py --max_rounds default 50 (PAPER / WORKLOADS: up to 50)
+# provenance: spec — eval_hle.py --max_rounds default 50 (PAPER / WORKLOADS: up to 50)
+ROUNDS_MAX = 50
 
 # --- shared system prompt ---
 # ToolOrchestra: the system message is one sentence ("You are good at using tools.") and the
@@ -61,21 +62,24 @@ PROMPT_TEMPLATE_TOKENS = 15  # provenance: estimate — "Problem: … Choose an 
 # at most ≈50 × 1,200 / 4 = 15,000 tokens; ASSUMPTION: a median of 5,000 new tokens (many
 # documents are short or already in the list), sigma 0.5.
 SEARCH_ADDS_TOKENS = Lognormal(5000, 0.5)  # provenance: estimate — new tokens a search adds
-# provenance: spec — eval_hle.py shows the top 50 documents cut to 1,200 characters each, converted at
-# ≈4 characters per token (an estimate)
+# provenance: spec — eval_hle.py shows the top 50 documents cut to 1,200 characters each, converted
+# at ≈4 characters per token (an estimate)
 SEARCH_ADDS_TOKENS_MAX = 15_000
 # enhance_reasoning: the generated code and its output. ASSUMPTION: median 600 tokens,
 # sigma 0.7, capped at 12,000 (eval_hle.py cuts code and attempts to 12,000 tokens).
 CODE_ADDS_TOKENS = Lognormal(600, 0.7)  # provenance: estimate — generated code and its output
-CODE_ADDS_TOKENS_MAX = 12_000  # provenance: spec — eval_hle.py cuts code and attempts to 12,000 tokens
+# provenance: spec — eval_hle.py cuts code and attempts to 12,000 tokens
+CODE_ADDS_TOKENS_MAX = 12_000
 # eval_hle.py cuts the gathered context to 27,000 tokens minus the question's length.
 CONTEXT_CAP_TOKENS = 27_000  # provenance: spec — eval_hle.py's context cut (27,000 tokens)
 
 # --- orchestrator output per round ---
 # ASSUMPTION: median 600 tokens (a Qwen3-8B-based model thinks, then emits one tool call),
 # sigma 0.7; eval_hle.py calls the orchestrator with max_length 12,000.
-OUTPUT_TOKENS = Lognormal(600, 0.7)  # provenance: estimate — a Qwen3-8B-based model thinks, then calls
-OUTPUT_TOKENS_MAX = 12_000  # provenance: spec — eval_hle.py calls the orchestrator with max_length 12,000
+# provenance: estimate — a Qwen3-8B-based model thinks, then calls
+OUTPUT_TOKENS = Lognormal(600, 0.7)
+# provenance: spec — eval_hle.py calls the orchestrator with max_length 12,000
+OUTPUT_TOKENS_MAX = 12_000
 
 # --- which tool, when ---
 # ASSUMPTION: before answering, search in 55% of rounds and enhance_reasoning in 45%
@@ -92,29 +96,31 @@ SEARCH_FRACTION = 0.55  # provenance: estimate — no published per-tool call co
 # quantiles, and so that the published modes come out).
 # answer p95 29 s / p99 108 s, mode ≈4 s: body mode 4 s (sigma 0.7, median 6.5 s), 8% slow
 # answers (a frontier model thinking hard) fitted to median ≈23 s, sigma ≈1.33.
-# provenance: fitted-to-paper [fig9] — tail fitted to the paper's Fig 9 answer p95 29 s / p99 108 s and
-# mode ≈4 s, which fig9 then compares; body sigma and the 8% weight are estimates (an input,
-# not a fit target, of fig4c/fig5c)
+# provenance: fitted-to-paper [fig9] — tail fitted to the paper's Fig 9 answer p95 29 s / p99 108 s
+# and mode ≈4 s, which fig9 then compares; body sigma and the 8% weight are estimates (an input, not
+# a fit target, of fig4c/fig5c)
 ANSWER_S = LognormalMixture.through(29.0, 108.0, Lognormal.from_mode(4.0, 0.7), tail_weight=0.08)
 # enhance_reasoning p95 65 s / p99 113 s, mode ≈10 s, second bump ≈70 s: body mode 10 s
 # (sigma 0.4, median 11.7 s), 8% in a second component fitted to median ≈73 s, sigma ≈0.38.
 # The bump at ≈70 s comes out of the fit, not in by hand; a body wider than sigma ≈0.45 would
 # swallow it (its tail would fill the dip between the two modes).
-# provenance: fitted-to-paper [fig9] — fitted to the paper's Fig 9 enhance-reasoning p95 65 s / p99 113 s
-# and mode ≈10 s, which fig9 then compares; body sigma and the 8% weight are estimates
+# provenance: fitted-to-paper [fig9] — fitted to the paper's Fig 9 enhance-reasoning p95 65 s / p99
+# 113 s and mode ≈10 s, which fig9 then compares; body sigma and the 8% weight are estimates
 ENHANCE_REASONING_S = LognormalMixture.through(
     65.0, 113.0, Lognormal.from_mode(10.0, 0.4), tail_weight=0.08
 )
 # search p95 5 s / p99 35 s: body median 2 s (sigma 0.4: an LLM writes the query, retrieval
 # answers in well under a second), 5% slow searches fitted to median ≈13 s, sigma ≈1.18.
-# provenance: fitted-to-paper [fig9] — tail fitted to the paper's Fig 9 search p95 5 s / p99 35 s, which
-# fig9 then compares; the body (median 2 s, sigma 0.4) and the 5% weight are estimates
+# provenance: fitted-to-paper [fig9] — tail fitted to the paper's Fig 9 search p95 5 s / p99 35 s,
+# which fig9 then compares; the body (median 2 s, sigma 0.4) and the 5% weight are estimates
 SEARCH_S = LognormalMixture.through(5.0, 35.0, Lognormal(2.0, 0.4), tail_weight=0.05)
 # No maximum is published; ASSUMPTION: 600 s, the cap of every other workload here.
-TOOL_S_MAX = 600.0  # provenance: estimate — no maximum is published; the cap of every other workload
+# provenance: estimate — no maximum is published; the cap of every other workload
+TOOL_S_MAX = 600.0
 
 # --- no sandbox (WORKLOADS / PAPER: remote tools): no preparation, no disk, no ports ---
-# provenance: spec — PAPER / WORKLOADS: ToolOrchestra's tools are remote services, there is no sandbox
+# provenance: spec — PAPER / WORKLOADS: ToolOrchestra's tools are remote services, there is no
+# sandbox
 ENV = EnvSpec(prep_s=0.0, disk_bytes=0, ports=0)
 
 # --- arrivals ---
