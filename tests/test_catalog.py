@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import dataclasses
+
+import pytest
 
 from thundersim.sim.catalog import GPUS, MODELS, GiB, MiB, Setup, make_setup
 
