@@ -250,3 +250,14 @@ def test_installed_entry_point_runs_end_to_end(tmp_path):
     assert summary["policy"] == "vllm"
     assert summary["steps_completed"] == total_steps(trace)
     assert run.stderr == ""  # --no-progress: nothing on stderr either
+
+
+def test_catalog_lists_hardware_and_the_provenance_table():
+    from pathlib import Path
+
+    listed = runner.invoke(app, ["catalog"])
+    assert listed.exit_code == 0 and "H100-SXM" in listed.stdout and "GLM-4.6" in listed.stdout
+    table = runner.invoke(app, ["catalog", "--provenance"])
+    assert table.exit_code == 0
+    doc = Path(__file__).resolve().parent.parent / "docs" / "PROVENANCE.md"
+    assert table.stdout == doc.read_text()  # the same generated table as the committed doc

@@ -343,6 +343,35 @@ def _print_summary(s: dict, out: Path | None) -> None:
         console.print(f"tables and summary.json written to {out}/")
 
 
+@app.command("catalog")
+def catalog(
+    provenance: bool = typer.Option(
+        False,
+        "--provenance",
+        help="Print where every constant of the simulator comes from (spec, measured, "
+        "calibrated, estimate, fitted-to-paper, definition) as a markdown table.",
+    ),
+) -> None:
+    """List the GPUs and models the simulator knows, with their published sources."""
+    if provenance:
+        from thundersim import provenance as prov
+
+        typer.echo(prov.table_markdown(), nl=False)
+        return
+    typer.echo("GPUs:")
+    for g in GPUS.values():
+        typer.echo(
+            f"  {g.name:10s} {g.memory_bytes / 2**30:7.1f} GiB  {g.hbm_bandwidth / 1e12:5.2f} TB/s"
+            f"  {g.bf16_flops / 1e12:6.0f} BF16 TFLOPS  ({g.source})"
+        )
+    typer.echo("models:")
+    for m in MODELS.values():
+        typer.echo(
+            f"  {m.name:16s} {m.n_layers:3d} layers, {m.n_kv_heads} KV heads x {m.head_dim}, "
+            f"{m.total_params / 1e9:.0f}B total / {m.active_params / 1e9:.0f}B active  ({m.source})"
+        )
+
+
 @app.command("policies")
 def list_policies() -> None:
     """List the registered policies (with their parameters) and routers."""

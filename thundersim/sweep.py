@@ -143,6 +143,8 @@ _NOT_SIMULATION = {
     "thundersim/calibrate.py",
     "thundersim/compare.py",
     "thundersim/trace_stats.py",
+    "thundersim/provenance.py",
+    "thundersim/readings.py",
 }
 
 
