@@ -8,6 +8,7 @@ table so that it cannot go stale.
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -49,8 +50,8 @@ def test_every_number_in_the_covered_modules_has_a_valid_provenance_tag(scanned)
 
 def test_the_scan_covers_every_module_it_is_meant_to(scanned):
     """The workload generators, the catalog, sandbox, latency and engine models, the tool
-    manager, the policy contract and every policy module are scanned, and each of the
-    constant-holding ones yields entries."""
+    manager, the policy contract, every policy module and every router are scanned, and each
+    of the constant-holding ones yields entries."""
     files = {p.relative_to(ROOT).as_posix() for p in provenance.covered_files()}
     for name in ("swe", "openhands", "toolorchestra", "science", "rollout"):
         assert f"thundersim/workloads/{name}.py" in files
@@ -63,6 +64,8 @@ def test_the_scan_covers_every_module_it_is_meant_to(scanned):
         "thundersim/policy.py",
         "policies/continuum.py",
         "policies/stp.py",
+        "policies/routers/least_loaded.py",
+        "policies/routers/cache_aware.py",
     ):
         assert path in files
     entries, _ = scanned
@@ -73,8 +76,11 @@ def test_the_scan_covers_every_module_it_is_meant_to(scanned):
         "thundersim.sim.sandbox",
         "thundersim.sim.latency",
         "thundersim.sim.engine",
+        "thundersim.envs",
         "thundersim.policy",
         "policies.continuum",
+        "policies.routers.least_loaded",
+        "policies.routers.cache_aware",
         "policies.stp_fair",
         "policies.stp_tool",
     ):
@@ -144,6 +150,32 @@ def test_the_honesty_fixes_of_issue_11_are_in_the_tags(scanned):
     for gpu in ("H100-SXM", "H200", "A100-80G", "RTX-5090"):
         memory = by_name(entries, f"thundersim.sim.catalog.GPUS['{gpu}'].memory_bytes")
         assert memory.cls == "measured" and "nvidia-smi" in memory.source
+
+
+def test_router_weights_cite_the_published_systems_and_prefetch_sizing_is_named(scanned):
+    """The routers' numbers are the published defaults they imitate (vLLM's DP balancer, sgl-router's
+    launcher), each cited; the tool manager's prefetch cap and rate window are named estimates
+    that EnvManager really uses."""
+    entries, _ = scanned
+    from policies.routers import cache_aware, least_loaded
+    from thundersim import envs
+
+    weight = by_name(entries, "policies.routers.least_loaded.WAITING_WEIGHT")
+    assert weight.cls == "spec" and "waiting * 4 + running" in weight.source
+    assert least_loaded.WAITING_WEIGHT == 4
+    for name, value in (
+        ("CACHE_THRESHOLD", 0.5),
+        ("BALANCE_ABS_THRESHOLD", 32),
+        ("BALANCE_REL_THRESHOLD", 1.0001),
+    ):
+        entry = by_name(entries, f"policies.routers.cache_aware.{name}")
+        assert entry.cls == "spec" and "sgl-router" in entry.source
+        assert getattr(cache_aware, name) == value
+    for name in ("MAX_PREFETCH", "RATE_WINDOW", "INITIAL_PREFETCH_DEPTH", "PREFETCH_SPARE"):
+        assert by_name(entries, f"thundersim.envs.{name}").cls == "estimate"
+    assert (envs.MAX_PREFETCH, envs.RATE_WINDOW) == (16, 16)
+    default = inspect.signature(envs.EnvManager).parameters["max_prefetch"].default
+    assert default == envs.MAX_PREFETCH
 
 
 def test_committed_provenance_table_is_the_generated_one():

@@ -29,6 +29,22 @@ from thundersim.trace import EnvSpec, ProgramSpec
 
 MODES = ("none", "gc", "gc+prefetch")
 
+# Prefetch sizing (`gc+prefetch`). The paper prepares environments asynchronously "for programs
+# about to be restored" and publishes no depth; thundersim prepares as many ahead as hide one
+# preparation time at the recent completion rate, with these four choices of its own.
+# provenance: estimate — a cap on environments prepared ahead of their programs, so that a burst
+# of finishes (a near-zero gap between them) cannot start preparing the whole queue at once
+MAX_PREFETCH = 16
+# provenance: estimate — the completion rate and the mean preparation time are taken over the
+# last 16 finished programs / removed environments: long enough to smooth single tool-time
+# outliers, short enough to follow a phase change of the workload
+RATE_WINDOW = 16
+# provenance: estimate — before two programs have finished there is no rate: prepare one ahead
+INITIAL_PREFETCH_DEPTH = 1
+# provenance: estimate — one environment more than the rate needs, so that the next program does
+# not wait on a preparation that started just in time
+PREFETCH_SPARE = 1
+
 
 class EnvLimitReached(RuntimeError):
     """Without garbage collection nothing is ever freed: once the next environment does not fit
@@ -110,7 +126,7 @@ class EnvManager:
         limits: EnvLimits | None = None,
         prep_time: Callable[[float, int], float] | None = None,
         upcoming: Callable[[], Iterable[ProgramSpec]] | None = None,
-        max_prefetch: int = 16,
+        max_prefetch: int = MAX_PREFETCH,
     ):
         if mode not in MODES:
             raise ValueError(f"unknown tool-manager mode {mode!r}; valid: {', '.join(MODES)}")
@@ -292,16 +308,16 @@ class EnvManager:
         """How many not-yet-arrived programs to prepare ahead: enough to cover one preparation
         time at the recent completion rate (programs finish -> the next ones arrive)."""
         if len(self._finishes) < 2:
-            return 1
-        recent = self._finishes[-16:]
+            return INITIAL_PREFETCH_DEPTH
+        recent = self._finishes[-RATE_WINDOW:]
         gap = (recent[-1] - recent[0]) / (len(recent) - 1)
-        prep = [e.prep_s for e in self.done[-16:] if e.ready_t is not None] or [
+        prep = [e.prep_s for e in self.done[-RATE_WINDOW:] if e.ready_t is not None] or [
             e.prep_s for e in self.envs.values() if e.ready_t is not None
         ]
         mean_prep = sum(prep) / len(prep) if prep else 0.0
         if gap <= 0:
             return self.max_prefetch
-        return min(self.max_prefetch, math.ceil(mean_prep / gap) + 1)
+        return min(self.max_prefetch, math.ceil(mean_prep / gap) + PREFETCH_SPARE)
 
     def _prefetch(self) -> None:
         depth = self._prefetch_depth()

@@ -77,6 +77,7 @@ COVERED = (
     "thundersim/envs.py",
     "thundersim/policy.py",
     "policies/*.py",
+    "policies/routers/*.py",
 )
 
 _TAG = re.compile(

@@ -18,9 +18,21 @@ from policies.registry import register_router
 from thundersim.policy import ClusterView, Router
 from thundersim.program import ProgramView
 
-# sgl-router's published CacheAwareConfig defaults.
+# The defaults sgl-router's launcher published while RouterArgs lived in launch_router.py (what
+# `python -m sglang_router.launch_router` started with unless told otherwise). Later releases
+# moved RouterArgs to router_args.py with 0.3 / 64 / 1.5, also the defaults of today's SGLang
+# Model Gateway (sgl-model-gateway/bindings/python/src/sglang_router/router_args.py); the Rust
+# CacheAwareConfig::default() is 0.5 / 32 / 1.1.
+# provenance: spec — sgl-router RouterArgs.cache_threshold = 0.5
+# (sgl-router/py_src/sglang_router/launch_router.py; also Router(cache_threshold=0.50) in
+# router.py): route to the best-matching worker when the match exceeds half the request
 CACHE_THRESHOLD = 0.5
+# provenance: spec — sgl-router RouterArgs.balance_abs_threshold = 32
+# (sgl-router/py_src/sglang_router/launch_router.py): balance when max - min load > 32 ...
 BALANCE_ABS_THRESHOLD = 32
+# provenance: spec — ... and max load > min load x balance_rel_threshold = 1.0001 (sgl-router
+# RouterArgs, sgl-router/py_src/sglang_router/launch_router.py; Router(balance_rel_threshold=
+# 1.0001) in router.py)
 BALANCE_REL_THRESHOLD = 1.0001
 
 

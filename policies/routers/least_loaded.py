@@ -6,8 +6,13 @@ from policies.registry import register_router
 from thundersim.policy import BackendView, ClusterView, Router
 from thundersim.program import ProgramView
 
-# vLLM's DP coordinator scores an engine by 4 x waiting + running requests (the weight of 4
-# makes a queued request count as more load than a running one; vllm/v1/engine/core_client.py).
+# vLLM's internal DP load balancer scores an engine by 4 x waiting + running requests (the weight
+# of 4 makes a queued request count as more load than a running one).
+# provenance: spec — vLLM's DPLBAsyncMPClient.get_core_engine_for_request
+# (vllm/v1/engine/core_client.py): `score = waiting * 4 + running`, the engine with the lowest
+# score wins (vLLM v1 through at least v0.26). vLLM 0.32 scores max(clients x in-flight,
+# waiting + running) + 6 x waiting x max(0, KV usage - 0.5) instead; this router keeps the
+# 4 x waiting + running form.
 WAITING_WEIGHT = 4
 
 
