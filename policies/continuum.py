@@ -1,12 +1,13 @@
 """continuum: the Continuum baseline (KV time-to-live across tool calls).
 
 After a call that ends in a tool call, Continuum predicts how long the tool will take from that
-tool's history (an exponential moving average per tool name here) and, when the prediction is
-under a pin threshold, pins the program's KV on its engine for that long, so that the next call
-finds it even under memory pressure. Programs are admitted on arrival only when their context
-fits beside the ACTIVE ones (a waiting program is admitted FIFO as others finish), onto the
-replica with the most room by that same accounting; an admitted program is never paused and stays
-on its replica. (Request-level load signals cannot place it: at arrival it has no call yet.)
+tool's history (the mean of every duration seen for that tool name) and, when the prediction is
+at most the pin threshold (a tool never seen predicts 0 s), pins the program's KV on its engine
+for a fixed TTL, so that the next call finds it even under memory pressure. Programs are
+admitted on arrival only when their context fits beside the ACTIVE ones (a waiting program is
+admitted FIFO as others finish), onto the replica with the most room by that same accounting; an
+admitted program is never paused and stays on its replica. (Request-level load signals cannot
+place it: at arrival it has no call yet.)
 
 What Continuum's published code does (Li et al., arXiv 2511.02230; the authors' preview release
 github.com/Hanchenli/vllm-continuum, commit 316a587, whose README says it runs "without the
@@ -23,11 +24,15 @@ vllm/v1/core/sched/scheduler.py of its public forks, e.g. Whrlicht/vllm-continuu
   one first).
 - The paper's own estimator (a TTL maximising P(tool done by tau) x benefit - tau over an
   empirical CDF, with an exponential prior at cold start) is not in that release.
-The defaults below follow the release where a parameter can express it (the 2 s threshold);
-`ema_alpha` and `ttl_factor` have no counterpart in it (see their tags). Differences that the
-parameters cannot close: thundersim's traces name tools coarsely ("bash", not the command), so
-one mean covers fast and slow commands alike; the TTL here is ttl_factor x the prediction, not
-the fixed 2 s; and a tool with no history is not pinned here, where the release pins it.
+The pin rule here is the release's: threshold and TTL both 2 s, a plain mean per tool, a tool
+with no history pinned. Deliberate differences, with their reasons: thundersim's traces name
+tools coarsely ("bash", not the command), so one mean covers fast and slow commands alike (the
+swe trace's bash mean is about 5 s, so after warm-up bash calls are rarely pinned, as a release
+that saw only "bash" would do); a pin here ends at its TTL or when the program's next call
+starts, and the engine never breaks one to make room (the release releases the latest-ending pin
+when its running queue cannot progress); and the release schedules inside vLLM with job-level
+FCFS (a program's requests ordered by its first arrival), which a policy above the engine cannot
+express, so this port stands in for it with FIFO admission of programs whose context fits.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from thundersim.program import ProgramView, Status
 
 @register
 class Continuum(Policy):
-    """Continuum: pin KV for a tool's predicted time (per-tool moving average); admit on arrival."""
+    """Continuum: pin KV for 2 s after a tool call predicted (per-tool mean) to take <= 2 s."""
 
     name = "continuum"
     params = {
@@ -57,21 +62,18 @@ class Continuum(Policy):
         # (github.com/Hanchenli/vllm-continuum, vllm/v1/core/estimate_with_func.py); was 10 s, which
         # had no source
         "pin_threshold_s": 2.0,
-        # Weight of the newest observation in the per-tool average.
-        # provenance: estimate — no source: the released code averages all observations equally (a
-        # cumulative mean, weight 1/n), which a fixed weight cannot express
-        "ema_alpha": 0.2,
-        # TTL = factor x predicted tool time.
-        # provenance: estimate — no counterpart: the released code pins for the fixed 2 s threshold,
-        # not a multiple of the prediction
-        "ttl_factor": 1.0,
+        # How long a pin holds the KV.
+        # provenance: spec — the released code pins for FIXED_THRESHOLD_CONTINUUM = 2.0 s, the
+        # threshold itself (set_up_pin in vllm/v1/core/estimate_with_func.py)
+        "ttl_s": 2.0,
     }
 
     def __init__(self, options: PolicyOptions | None = None):
         super().__init__(options)
-        if not 0 < self.p["ema_alpha"] <= 1 or self.p["ttl_factor"] <= 0:
-            raise ValueError("continuum: need 0 < ema_alpha <= 1 and ttl_factor > 0")
-        self.predicted: dict[str, float] = {}  # tool name -> moving average of its seconds
+        if self.p["ttl_s"] <= 0:
+            raise ValueError("continuum: need ttl_s > 0")
+        self._seen: dict[str, list[float]] = {}  # tool name -> (sum, count) of its seconds
+        self.predicted: dict[str, float] = {}  # tool name -> mean of every duration seen
         self._tool_start: dict[str, tuple[str, float]] = {}  # program -> (tool, start)
         self._fifo: list[str] = []
 
@@ -114,17 +116,17 @@ class Continuum(Policy):
         # Whether this was the program's last call is unknown (a live agent does not announce
         # it): a pin after it is dropped when the program finishes (Cluster.finish).
         self._tool_start[program.id] = (tool, view.now)
-        guess = self.predicted.get(tool)
-        if guess is None or guess > self.p["pin_threshold_s"]:
+        guess = self.predicted.get(tool, 0.0)  # never seen: 0 s, so it is pinned (the release)
+        if guess > self.p["pin_threshold_s"]:
             return []
-        return [Pin(program.id, max(guess * self.p["ttl_factor"], 1e-3))]
+        return [Pin(program.id, self.p["ttl_s"])]
 
     def on_request(self, view: ClusterView, program: ProgramView) -> list[Decision]:
         started = self._tool_start.pop(program.id, None)
         if started is not None:
             tool, t0 = started
-            took = view.now - t0
-            a = self.p["ema_alpha"]
-            old = self.predicted.get(tool)
-            self.predicted[tool] = took if old is None else a * took + (1 - a) * old
+            acc = self._seen.setdefault(tool, [0.0, 0])
+            acc[0] += view.now - t0
+            acc[1] += 1
+            self.predicted[tool] = acc[0] / acc[1]
         return []

@@ -166,50 +166,52 @@ def continuum_program(c: LabCluster, pid="p", tools=None) -> Program:
     return c.add(pid, 1000, Status.ACTIVE, Phase.REASONING, 0, program_spec=spec(pid, tools))
 
 
-def test_continuum_does_not_pin_before_a_tool_has_history_then_pins_for_its_average():
+def test_continuum_pins_a_tool_without_history_then_only_if_its_mean_is_under_the_threshold():
+    """Continuum's released code: a tool never seen predicts 0 s, so it is pinned; afterwards it
+    is pinned iff the mean of its durations is <= 2 s, and always for the fixed 2 s TTL."""
     c = LabCluster([100_000])
-    pol = policy("continuum", pin_threshold_s=10.0)  # 3-5 s tools: above the 2 s default
+    pol = policy("continuum")
     p = continuum_program(c)
-    assert observe_tool(pol, c, p, 3.0) == []  # first bash call: nothing to predict from
+    assert observe_tool(pol, c, p, 3.0) == [Pin("p", 2.0)]  # first bash call: cold start
     assert pol.predicted == {"bash": pytest.approx(3.0)}
-    assert observe_tool(pol, c, p, 5.0) == [Pin("p", pytest.approx(3.0))]
+    assert observe_tool(pol, c, p, 0.5) == []  # mean 3 s > 2 s
+    assert pol.predicted == {"bash": pytest.approx(1.75)}
+    assert observe_tool(pol, c, p, 1.0) == [Pin("p", 2.0)]  # mean 1.75 s <= 2 s
 
 
 def test_continuum_predictions_are_per_tool():
     c = LabCluster([100_000])
     pol = policy("continuum")
     p = continuum_program(c, tools=["bash", "bash", "edit", "bash", "edit"])
-    observe_tool(pol, c, p, 2.0)
-    assert observe_tool(pol, c, p, 2.0) == [Pin("p", pytest.approx(2.0))]
-    assert observe_tool(pol, c, p, 0.5) == []  # "edit" has no history yet
-    assert observe_tool(pol, c, p, 2.0) == [Pin("p", pytest.approx(2.0))]
-    assert observe_tool(pol, c, p, 0.5) == [Pin("p", pytest.approx(0.5))]
+    observe_tool(pol, c, p, 5.0)
+    assert observe_tool(pol, c, p, 5.0) == []  # bash: mean 5 s
+    assert observe_tool(pol, c, p, 0.5) == [Pin("p", 2.0)]  # edit: no history yet
+    assert observe_tool(pol, c, p, 5.0) == []
+    assert observe_tool(pol, c, p, 0.5) == [Pin("p", 2.0)]  # edit: mean 0.5 s
 
 
-@pytest.mark.parametrize("alpha", [0.2, 0.5, 1.0])
-def test_continuum_ttl_is_the_exponential_moving_average_with_ema_alpha(alpha):
-    """ttl after tool times 3, 9, 4 s = EMA with weight alpha on the newest observation."""
+def test_continuum_predicts_the_plain_mean_of_every_duration():
+    """Not a moving average: every observation weighs 1/n, as in the released estimator."""
     c = LabCluster([100_000])
-    pol = policy("continuum", ema_alpha=alpha, pin_threshold_s=1e9)
+    pol = policy("continuum", pin_threshold_s=1e9)
     p = continuum_program(c)
-    expected = None
-    for seconds in (3.0, 9.0, 4.0):
-        decided = observe_tool(pol, c, p, seconds)
-        assert decided == ([] if expected is None else [Pin("p", pytest.approx(expected))])
-        expected = seconds if expected is None else alpha * seconds + (1 - alpha) * expected
-    assert observe_tool(pol, c, p, 1.0) == [Pin("p", pytest.approx(expected))]
+    for seconds in (3.0, 9.0, 4.0, 0.5):
+        observe_tool(pol, c, p, seconds)
+    assert pol.predicted["bash"] == pytest.approx((3.0 + 9.0 + 4.0 + 0.5) / 4)
 
 
-def test_continuum_pins_only_up_to_the_threshold_and_scales_the_ttl():
+def test_continuum_threshold_is_inclusive_and_the_ttl_is_its_own_parameter():
     c = LabCluster([100_000])
     p = continuum_program(c)
-    at = policy("continuum", pin_threshold_s=10.0, ttl_factor=1.5)
+    at = policy("continuum", pin_threshold_s=10.0, ttl_s=15.0)
     observe_tool(at, c, p, 10.0)
-    assert observe_tool(at, c, p, 1.0) == [Pin("p", pytest.approx(15.0))]  # 10 <= 10
+    assert observe_tool(at, c, p, 1.0) == [Pin("p", 15.0)]  # mean 10 <= 10
     above = policy("continuum", pin_threshold_s=10.0)
     q = continuum_program(c, "q")
     observe_tool(above, c, q, 10.5)
     assert observe_tool(above, c, q, 1.0) == []  # 10.5 > 10: not worth holding memory for
+    with pytest.raises(ValueError, match="ttl_s"):
+        policy("continuum", ttl_s=0.0)
 
 
 def test_policies_cannot_see_how_many_calls_a_program_will_make():
@@ -222,9 +224,9 @@ def test_policies_cannot_see_how_many_calls_a_program_will_make():
 
 
 def test_continuum_pin_after_the_last_call_is_dropped_when_the_program_finishes(monkeypatch):
-    """Continuum cannot tell the last call from any other, so it pins after it too (its tool
-    history says 3 s); the program's last tool takes 0.5 s and the program ends. Its pinned
-    blocks go back to the engine's free queue at the finish, not 2.5 s later at the TTL."""
+    """Continuum cannot tell the last call from any other, so it pins after it too (for a 3 s
+    TTL here); the program's last tool takes 0.5 s and the program ends. Its pinned blocks go
+    back to the engine's free queue at the finish, not 2.5 s later at the TTL."""
     from policies.continuum import Continuum
 
     engines = []
@@ -254,15 +256,17 @@ def test_continuum_pin_after_the_last_call_is_dropped_when_the_program_finishes(
 
     steps = [(300, 20, 3.0)] * 3 + [(100, 10, 0.5)]
     specs = [make_program("p", steps, prefix=(None, 0))]
-    # 3 s tools: above the 2 s default threshold (Continuum's released code), so set it higher.
-    pol = Probe(PolicyOptions(params=(("pin_threshold_s", 10.0),)))
+    # 3 s tools: above the 2 s default threshold (Continuum's released code), so set it higher,
+    # and a TTL that covers them.
+    pol = Probe(PolicyOptions(params=(("pin_threshold_s", 10.0), ("ttl_s", 3.0))))
     config = RunConfig(
         setup=make_setup(kv_capacity_override=20_000), concurrency=1, tool_manager=None
     )
     res = simulate(specs, pol, config)
     assert res.summary["programs_completed"] == 1
-    assert last_pins == [Pin("p", pytest.approx(3.0))]
-    assert len(pinned) == 3 and pinned[-1] > 0  # the engine did pin the last call's KV
+    assert last_pins == [Pin("p", 3.0)]
+    # every call is pinned (the first by cold start), the last one too
+    assert len(pinned) == 4 and pinned[-1] > 0
     assert pinned_at_finish == [0]  # and released it when the program finished
 
 
@@ -289,8 +293,8 @@ def test_continuum_has_no_tick_and_never_pauses():
 
 
 def pinning_trace(seed: int = 3):
-    """Sixteen programs of eight calls, each followed by a 3 s tool: Continuum's TTL (the
-    moving average, 3 s) covers every tool call after the first."""
+    """Sixteen programs of eight calls, each followed by a 3 s tool (the test pins for 3.5 s,
+    so every pin covers its tool call)."""
     rng = random.Random(seed)
     return [
         make_program(
@@ -306,7 +310,7 @@ def pinning_trace(seed: int = 3):
 def test_continuum_pins_reach_the_engine_and_raise_the_hit_rate(monkeypatch):
     """End to end, under memory pressure: Continuum never pauses, returns Pin decisions that
     the engine applies (its `pins` stat), and the pins keep KV across tool calls: the prefix
-    cache hit rate is higher than the same policy with pinning off (pin_threshold_s = 0), so
+    cache hit rate is higher than the same policy with pinning off (pin_threshold_s < 0), so
     the gain is the pins' and not admission's. (RunResult.summary has no pin count; the
     engines are captured by wrapping the SimBackend class the run builds.)"""
     engines = []
@@ -333,11 +337,12 @@ def test_continuum_pins_reach_the_engine_and_raise_the_hit_rate(monkeypatch):
         assert res.summary["programs_completed"] == len(specs)
         return res, audit, engines[0].stats()
 
-    # The trace's tools take 3 s, above the 2 s default threshold: pin up to 10 s here.
-    pinned, audit, stats = run((("pin_threshold_s", 10.0),))
+    # The trace's tools take 3 s, above the 2 s default threshold and TTL: pin longer here.
+    pinned, audit, stats = run((("pin_threshold_s", 10.0), ("ttl_s", 3.5)))
     assert audit.counts["Pause"] == 0
     assert 0 < stats.extra["pins"] <= audit.counts["Pin"]
-    unpinned, audit_off, stats_off = run((("pin_threshold_s", 0.0),))
+    # a tool never seen predicts 0 s: only a negative threshold turns pinning off entirely
+    unpinned, audit_off, stats_off = run((("pin_threshold_s", -1.0),))
     assert audit_off.counts["Pin"] == 0 and stats_off.extra["pins"] == 0
     assert pinned.summary["kv_hit_rate"] > unpinned.summary["kv_hit_rate"]
 
