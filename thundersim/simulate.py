@@ -21,12 +21,7 @@ from thundersim.metrics import STP_TERMS, Recorder, quantile, write_tables
 from thundersim.policy import Policy, PolicyOptions, parse_params
 from thundersim.program import Program, Status
 from thundersim.sim.catalog import Setup, make_setup
-from thundersim.sim.engine import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_MAX_BATCHED_TOKENS,
-    DEFAULT_MAX_NUM_SEQS,
-    SimBackend,
-)
+from thundersim.sim.engine import DEFAULT_BLOCK_SIZE, SimBackend, vllm_default_budget
 from thundersim.sim.latency import LatencyModel, LatencyProfile, roofline_profile
 from thundersim.sim.sandbox import SimSandbox, contended_prep
 from thundersim.trace import ProgramSpec
@@ -66,8 +61,11 @@ class RunConfig:
     warmup_s: float | None = None  # None with a horizon: window.default_warmup(horizon_s)
     seed: int = 0
     block_size: int = DEFAULT_BLOCK_SIZE
-    max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS
-    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    # The engine's scheduler budget. None: what vLLM's OpenAI server picks for the setup's GPU
+    # (sim.engine.vllm_default_budget: 8192 / 1024 on H100 and H200, 2048 / 256 on A100 and
+    # RTX 5090), filled in at construction, so a built config always holds the numbers it runs.
+    max_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
     sample_dt: float = 1.0  # seconds between memory / STP samples
     latency_profile: LatencyProfile | None = None  # None: the setup's roofline
     # The tool resource manager (thundersim.envs): none | gc | gc+prefetch; None = no manager
@@ -84,6 +82,11 @@ class RunConfig:
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         check_window(self.horizon_s, self.warmup_s)
+        tokens, seqs = vllm_default_budget(self.setup.gpu)
+        if self.max_batched_tokens is None:
+            object.__setattr__(self, "max_batched_tokens", tokens)
+        if self.max_num_seqs is None:
+            object.__setattr__(self, "max_num_seqs", seqs)
         if self.block_size < 1 or self.max_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("block size, token budget and max seqs must be >= 1")
         if self.tool_manager is not None and self.tool_manager not in MODES:
@@ -126,7 +129,8 @@ def build_run(
     **config,
 ) -> tuple[PolicyOptions, RunConfig]:
     """Policy options and run config from plain values, as the CLI and sweep specs give them
-    (ValueError on anything invalid)."""
+    (ValueError on anything invalid). A max_batched_tokens / max_num_seqs that is absent or None
+    is vLLM's default for the GPU (RunConfig)."""
     options = PolicyOptions(
         tick_interval=dt, decay=decay, seed=seed, router=router, params=parse_params(params or [])
     )

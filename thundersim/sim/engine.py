@@ -32,19 +32,47 @@ import simpy
 from thundersim.backend import EngineStats, Request, Usage
 from thundersim.cluster import chain_program
 from thundersim.sim.blocks import BlockPool
+from thundersim.sim.catalog import GPU, GiB
 from thundersim.sim.latency import LatencyModel
 
 # vLLM's default block size on GPUs (vllm/config/cache.py).
 DEFAULT_BLOCK_SIZE = 16  # provenance: spec — vLLM's default block size on GPUs
-# vLLM v1 defaults for the OpenAI server on GPUs with >= 70 GiB (vllm/engine/arg_utils.py,
-# `_set_default_args`): max_num_batched_tokens 8192, max_num_seqs 1024. On smaller GPUs and on
-# any A100, vLLM's defaults are 2048 and 256 instead; these two apply to every GPU here.
-# provenance: spec — vLLM's OpenAI-server default for GPUs with >= 70 GiB that are not A100s (2048
-# on the RTX 5090 and the A100)
-DEFAULT_MAX_BATCHED_TOKENS = 8192
-# provenance: spec — vLLM's OpenAI-server default for GPUs with >= 70 GiB that are not A100s (256 on
-# the RTX 5090 and the A100)
-DEFAULT_MAX_NUM_SEQS = 1024
+# vLLM's scheduler budget when the server is not told one (max_num_batched_tokens, max_num_seqs):
+# vLLM 0.32 picks it by usage context and by the device's total memory as NVML reports it (what
+# nvidia-smi shows, the unit of catalog.GPU.memory_bytes), in EngineArgs.get_batch_defaults
+# (vllm/engine/arg_utils.py, called from _set_default_max_num_seqs_and_batched_tokens_args).
+# These are its OpenAI-API-server values (`vllm serve`), the ones the live backend runs with; the
+# offline LLM class gets 16384 / 1024 on >= 70 GiB and 8192 / 256 below. (vLLM doubles both in
+# --performance-mode throughput and uses other values on TPUs and CPUs; neither applies here.)
+# provenance: spec — vLLM 0.32 EngineArgs.get_batch_defaults: `device_memory >= 160 * GiB_bytes`
+# is the largest tier (B200/B300 class)
+VLLM_LARGE_GPU_BYTES = 160 * GiB
+# provenance: spec — vLLM 0.32 EngineArgs.get_batch_defaults: `device_memory >= 70 * GiB_bytes and
+# "a100" not in device_name` is the H100/H200 tier; every A100 falls below it (vLLM PR #17885:
+# a larger budget lowers A100 throughput)
+VLLM_MID_GPU_BYTES = 70 * GiB
+# provenance: spec — vLLM 0.32 EngineArgs.get_batch_defaults, OPENAI_API_SERVER on >= 160 GiB:
+# max_num_batched_tokens 16384, max_num_seqs 1024
+VLLM_API_BUDGET_LARGE = (16384, 1024)
+# provenance: spec — vLLM 0.32 EngineArgs.get_batch_defaults, OPENAI_API_SERVER on >= 70 GiB, not
+# an A100 (H100, H200): max_num_batched_tokens 8192, max_num_seqs 1024
+VLLM_API_BUDGET_MID = (8192, 1024)
+# provenance: spec — vLLM 0.32 EngineArgs.get_batch_defaults, OPENAI_API_SERVER otherwise (A100,
+# RTX 5090, anything below 70 GiB): max_num_batched_tokens 2048, max_num_seqs 256
+VLLM_API_BUDGET_SMALL = (2048, 256)
+# A SimBackend built without a GPU in mind gets the tier of the paper's H100s.
+DEFAULT_MAX_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS = VLLM_API_BUDGET_MID
+
+
+def vllm_default_budget(gpu: GPU) -> tuple[int, int]:
+    """(max_num_batched_tokens, max_num_seqs) that vLLM's OpenAI API server uses on this GPU when
+    neither is set: vLLM 0.32's EngineArgs.get_batch_defaults, by the device's total memory and
+    whether its name contains "a100" (the catalog's names keep that part of the device's name)."""
+    if gpu.memory_bytes >= VLLM_LARGE_GPU_BYTES:
+        return VLLM_API_BUDGET_LARGE
+    if gpu.memory_bytes >= VLLM_MID_GPU_BYTES and "a100" not in gpu.name.lower():
+        return VLLM_API_BUDGET_MID
+    return VLLM_API_BUDGET_SMALL
 
 
 class Seq:
