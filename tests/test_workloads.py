@@ -175,8 +175,9 @@ def test_openhands_condenses_about_one_turn_in_twenty(seed):
 @FEW
 @given(seed=SEEDS)
 def test_openhands_sandbox_is_heavy(seed):
-    """Every sandbox is above 10 GB (PAPER), the median ≈10.3 GB (±5%: 2 TB / 195 workflows);
-    preparation median 29.9 s (±10%); four ports each."""
+    """Every sandbox is above the 10 GB floor (PAPER: >10 GB); the median is ≈10.1 GB, the floor
+    plus the estimated 0.1 GB median excess (no longer read off Fig 2b), which the ±5 % band
+    around 10.3 GB below admits; preparation median 29.9 s (±10%); four ports each."""
     programs = openhands.generate(300, seed)
     disk = [p.env.disk_bytes for p in programs]
     assert min(disk) > 10e9
