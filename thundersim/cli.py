@@ -119,8 +119,16 @@ def run(
     dt: float = DT_OPT,
     decay: str = DECAY_OPT,
     block_size: int = typer.Option(16, help="KV block size in tokens (vLLM's GPU default 16)."),
-    max_batched_tokens: int = typer.Option(8192, help="Per-iteration token budget."),
-    max_num_seqs: int = typer.Option(1024, help="Max running requests per replica."),
+    max_batched_tokens: int | None = typer.Option(
+        None,
+        help="Per-iteration token budget (default: vLLM's OpenAI-server default for the GPU: "
+        "8192 on H100/H200, 2048 on A100/RTX 5090, 16384 from 160 GiB).",
+    ),
+    max_num_seqs: int | None = typer.Option(
+        None,
+        help="Max running requests per replica (default: vLLM's for the GPU: 1024 on "
+        "H100/H200, 256 on A100/RTX 5090).",
+    ),
     sample_dt: float = typer.Option(1.0, help="Seconds between memory / cost samples."),
     latency_profile: Path | None = PROFILE_OPT,
     out: Path | None = typer.Option(

@@ -181,6 +181,7 @@ async def run_live(
         "kv_capacity_tokens": min(b.capacity_tokens for b in backends),
         "horizon_s": horizon_s,
         "warmup_s": warmup_s,
+        "tick_interval_s": policy.tick_interval,
     }
     wall = time.perf_counter() - wall0
     return result_of(meta, end, wall, interrupted, driver, recorder, backends, envs)

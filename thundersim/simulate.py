@@ -261,6 +261,7 @@ def simulate(
         "kv_capacity_tokens": setup.kv_capacity_tokens,
         "horizon_s": config.horizon_s,
         "warmup_s": config.warmup_s,
+        "tick_interval_s": policy.tick_interval,
     }
     result = result_of(meta, end, wall, interrupted, driver, recorder, backends, envs)
     if stopped:
@@ -315,6 +316,9 @@ def result_of(
         "stp_cost": stp_total,
         "stp_idle": sum(acc["idle"] for acc in recorder.stp),
         "stp_per_backend": recorder.stp,
+        # the paper's bound "unused < c_min x dt per node", checked per tick interval (None for a
+        # policy without a tick); reported, never enforced
+        "stp_unused_bound": recorder.stp_bound(meta.get("tick_interval_s")),
         "ttfr_p50_s": quantile(programs.ttfr_s, 0.5),
         "ttfr_p99_s": quantile(programs.ttfr_s, 0.99),
         "step_breakdown_mean_s": {

@@ -257,7 +257,7 @@ def flat_row(point: dict, summary: dict) -> dict:
     for k, v in summary.items():
         if isinstance(v, int | float | str | bool) or v is None:
             row.setdefault(k, v)
-        elif isinstance(v, dict) and k in ("env", "stp_cost", "step_breakdown_mean_s"):
+        elif isinstance(v, dict) and k in ("env", "stp_cost", "step_breakdown_mean_s", "stp_unused_bound"):
             for kk, vv in v.items():
                 if isinstance(vv, int | float | str | bool) or vv is None:
                     row[f"{k}.{kk}"] = vv
