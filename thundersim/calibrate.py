@@ -1,13 +1,24 @@
 """Calibrate the simulator's latency model against a live engine, and validate the simulator
 against that engine on the same trace.
 
-Calibration measures, on one live server with an empty prefix cache (distinct token ids):
-- prefill: single requests of L prompt tokens and one output token; one iteration costs
-  overhead + c_token * L + c_pair * L(L+1)/2;
-- decode: B concurrent requests of context c generating K tokens, timed at two K to cancel
-  the prefill and the HTTP round trip; one iteration costs overhead + c_token * B + c_pair * B*c.
-It fits (overhead, c_token, c_pair) by non-negative least squares on per-iteration times and
-writes a `LatencyProfile` whose memory terms are zero: on the measured engine the compute line
+Calibration measures, on one live server, the simulator's iteration time (see
+thundersim.sim.latency) with its memory terms at zero: overhead + c_token * tokens + c_pair *
+attention pairs, where a chunk of m tokens after s cached ones attends to m*s + m(m+1)/2 pairs
+and a decode token to the tokens computed before it.
+- prefill: a request of L new prompt tokens and one output token, then the same prompt again,
+  which the prefix cache serves but its last partial block (h tokens hit, as the usage
+  reports). Each is one iteration plus one HTTP round trip with the same body, so the
+  difference is the prefill of h tokens alone: h tokens, h(h+1)/2 pairs, no overhead, no round
+  trip (nor the JSON of a body that grows with L, which would pass for a per-token cost). An
+  engine that reports no hits gets raw rows: one iteration plus a round trip, fitted apart.
+- decode: B concurrent requests of prompt c generating K tokens, timed at two K to cancel the
+  prefill and the round trip: per iteration B tokens and B times the mean context of the
+  iterations between, c + (K1 + K2 - 3)/2 (decode iteration i attends to c + i - 1 tokens).
+  Decode runs cover several contexts at each batch size: at one context B and B*c move
+  together, so the per-token and per-pair costs of a decode iteration could not be told apart.
+The fit is non-negative least squares, each row weighted by the spread of its repeats (with a
+floor of 1 % of the row), and refuses samples that cannot tell the coefficients apart. The
+`LatencyProfile` it writes has zero memory terms: on the measured engine the compute line
 already contains whatever memory traffic it has. `--latency-profile FILE` loads it.
 
 This module composes live engines, policies and the simulator, so like the CLI it sits at the
@@ -24,7 +35,7 @@ from scipy.optimize import nnls
 
 from engine_adapters.vllm import TokenBook, VLLMBackend
 from policies import make_policy
-from thundersim.backend import Request
+from thundersim.backend import Request, Usage
 from thundersim.live import run_live
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.latency import LatencyProfile
@@ -33,65 +44,162 @@ from thundersim.simulate import RunConfig, simulate
 
 async def _timed_batch(
     backend: VLLMBackend, prompts: list[int], max_tokens: int, tag: str
-) -> float:
-    """Wall seconds for a batch of concurrent requests (distinct contexts: no cache hits)."""
+) -> tuple[float, list[Usage]]:
+    """Wall seconds for a batch of concurrent requests, and their usage. Each request's token
+    ids are its tag's (TokenBook): a new tag has no cache hits, the same tag again the same
+    prompt."""
     loop = asyncio.get_running_loop()
+    reqs = [
+        Request(f"{tag}-{i}", 0, length, max_tokens, None, 0, 0.0, 0, chain_id=f"{tag}-{i}")
+        for i, length in enumerate(prompts)
+    ]
+    for req in reqs:
+        backend.book.prompt(req)  # draw the token ids before the clock starts (O(length))
     done: list[asyncio.Future] = []
     t0 = time.perf_counter()
-    for i, length in enumerate(prompts):
+    for req in reqs:
         fut = loop.create_future()
         done.append(fut)
-        req = Request(f"{tag}-{i}", 0, length, max_tokens, None, 0, 0.0, 0, chain_id=f"{tag}-{i}")
         backend.submit(req, lambda u, f=fut: f.set_result(u) if not f.done() else None)
-    await asyncio.gather(*done)
-    return time.perf_counter() - t0
+    usages = await asyncio.gather(*done)
+    return time.perf_counter() - t0, list(usages)
+
+
+PREFILL_LENGTHS = (128, 256, 512, 1024, 2048)
+DECODE_BATCHES = (1, 2, 4, 8)
+DECODE_CONTEXTS = (128, 512, 2048)
+
+Row = tuple[float, float, float, float]  # (overhead, tokens, pairs, round trips)
+
+
+def prefill_row(length: int) -> Row:
+    """One raw prefill request of `length` tokens: one iteration plus one round trip (the
+    last column, fitted apart)."""
+    return (1.0, float(length), length * (length + 1) / 2, 1.0)
+
+
+def prefill_gain_row(hit: int) -> Row:
+    """A cold prefill minus the same prompt served from the prefix cache (`hit` tokens): the
+    prefill of `hit` tokens from scratch, no overhead, no round trip."""
+    return (0.0, float(hit), hit * (hit + 1) / 2, 0.0)
+
+
+def decode_row(batch: int, context: int, k1: int, k2: int) -> Row:
+    """The mean decode iteration between output lengths k1 and k2 of `batch` requests of
+    `context` prompt tokens."""
+    return (1.0, float(batch), batch * (context + (k1 + k2 - 3) / 2), 0.0)
+
+
+def decode_design(
+    capacity: int,
+    max_len: int,
+    batches=DECODE_BATCHES,
+    contexts=DECODE_CONTEXTS,
+    k2: int = 40,
+) -> list[tuple[int, int]]:
+    """(batch, context) pairs that fit the engine: every request within max_len, the batch
+    within the KV pool."""
+    return [
+        (b, c) for c in contexts for b in batches if c + k2 <= max_len and b * (c + k2) <= capacity
+    ]
+
+
+def _estimate(values: list[float]) -> tuple[float, float]:
+    """Median of repeats and the standard error of it (from their median absolute deviation)."""
+    v = np.asarray(values, dtype=float)
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med)))
+    return med, 1.4826 * mad / np.sqrt(len(v))
 
 
 async def measure(
     url: str,
-    prefill_lengths=(128, 256, 512, 1024, 2048),
-    batches=(1, 2, 4, 8),
-    context: int = 256,
+    prefill_lengths=PREFILL_LENGTHS,
+    batches=DECODE_BATCHES,
+    contexts=DECODE_CONTEXTS,
     k1: int = 8,
     k2: int = 40,
     repeat: int = 3,
 ) -> dict:
-    """Per-iteration samples: rows of (1, tokens, attention pairs) and seconds."""
+    """Samples: rows (see prefill_gain_row / prefill_row / decode_row), seconds `y` (median of
+    `repeat`), their standard errors `sd`, each row's `kind` ("prefill" or "decode"), and
+    `prefill` ("cache-hit difference" or "raw")."""
     backend = VLLMBackend(0, url, TokenBook(vocab=2048, seed=int(time.time())))
     await backend.connect()
-    X, y = [], []
+    gain: list[tuple[Row, float, float]] = []
+    raw: list[tuple[Row, float, float]] = []
+    decode: list[tuple[Row, float, float]] = []
     try:
-        max_len = backend.capacity_tokens - k2 - 1
+        max_len = backend.capacity_tokens - 1
         await _timed_batch(backend, [64], 2, "warm")  # first request pays one-off set-up
-        for n, length in enumerate(L for L in prefill_lengths if max_len >= L):
-            ts = [await _timed_batch(backend, [length], 1, f"pre{n}r{r}") for r in range(repeat)]
-            # one iteration plus one HTTP round trip (the last column, fitted apart)
-            X.append((1.0, length, length * (length + 1) / 2, 1.0))
-            y.append(float(np.median(ts)))
-        for n, b in enumerate(batches):
-            if b * (context + k2) > backend.capacity_tokens:
-                break
-            per = []
-            for r in range(repeat):
-                t1 = await _timed_batch(backend, [context] * b, k1, f"dec{n}a{r}")
-                t2 = await _timed_batch(backend, [context] * b, k2, f"dec{n}b{r}")
-                per.append(max(t2 - t1, 1e-6) / (k2 - k1))
-            X.append((1.0, b, b * (context + (k1 + k2) / 2), 0.0))
-            y.append(float(np.median(per)))
+        # Repeats go round the whole design (not one row's repeats in a row), so a burst of
+        # load on the machine spoils one repeat of several rows, which their medians drop.
+        lengths = [L for L in prefill_lengths if max_len - k2 >= L]
+        cold: dict[int, list[float]] = {L: [] for L in lengths}
+        diff: dict[int, list[float]] = {L: [] for L in lengths}
+        hits: dict[int, set[int]] = {L: set() for L in lengths}
+        design = decode_design(backend.capacity_tokens, max_len, batches, contexts, k2)
+        per: dict[tuple[int, int], list[float]] = {bc: [] for bc in design}
+        for r in range(repeat):
+            for n, length in enumerate(lengths):
+                t_cold, u_cold = await _timed_batch(backend, [length], 1, f"pre{n}r{r}")
+                t_warm, u_warm = await _timed_batch(backend, [length], 1, f"pre{n}r{r}")
+                cold[length].append(t_cold)
+                diff[length].append(t_cold - t_warm)
+                hits[length].add(u_warm[0].cached_tokens - u_cold[0].cached_tokens)
+            for n, (b, c) in enumerate(design):
+                t1, _ = await _timed_batch(backend, [c] * b, k1, f"dec{n}a{r}")
+                t2, _ = await _timed_batch(backend, [c] * b, k2, f"dec{n}b{r}")
+                per[b, c].append((t2 - t1) / (k2 - k1))
+        for length in lengths:
+            raw.append((prefill_row(length), *_estimate(cold[length])))
+            if len(hits[length]) == 1 and (hit := min(hits[length])) > 0:
+                gain.append((prefill_gain_row(hit), *_estimate(diff[length])))
+        for (b, c), times in per.items():
+            decode.append((decode_row(b, c, k1, k2), *_estimate(times)))
     finally:
         await backend.close()
-    return {"X": X, "y": y}
+    # Raw rows only from an engine that never reported a prefix-cache hit (they carry the
+    # round trip and the request's JSON, which grows with its length).
+    prefill = gain if gain else raw
+    rows = prefill + decode
+    return {
+        "X": [r for r, _, _ in rows],
+        "y": [y for _, y, _ in rows],
+        "sd": [sd for _, _, sd in rows],
+        "kind": ["prefill"] * len(prefill) + ["decode"] * len(decode),
+        "prefill": "cache-hit difference" if gain else "raw",
+    }
 
 
 def fit(samples: dict, source: str) -> LatencyProfile:
+    """Weighted non-negative least squares: each row divided by its uncertainty, the standard
+    error of its repeats (`sd`) but at least 1 % of the row (without `sd`: 1 %, i.e. relative
+    errors). A column that is zero in every row is left out (its coefficient is 0).
+    ValueError when the rows cannot tell the remaining coefficients apart."""
     X = np.asarray(samples["X"], dtype=float)
     y = np.asarray(samples["y"], dtype=float)
+    if X.ndim != 2 or X.shape[1] != 4 or len(y) != len(X) or not np.isfinite(y).all():
+        raise ValueError("calibration samples need rows of 4 columns and finite times")
+    sd = np.asarray(samples.get("sd", np.zeros_like(y)), dtype=float)
+    floor = 0.01 * np.abs(y)
+    if (floor <= 0).any():
+        raise ValueError("calibration samples need non-zero times")
+    sigma = np.maximum(sd, floor)
+    used = np.flatnonzero(np.abs(X).sum(axis=0) > 0)
+    W = X[:, used] / sigma[:, None]
     # Scale columns so NNLS is well conditioned, then undo.
-    scale = X.max(axis=0)
-    scale[scale == 0] = 1.0
-    coef, _ = nnls(X / scale, y)
-    coef = coef / scale
-    samples["http_s"] = float(coef[3])  # the round trip: the simulator has no HTTP hop
+    scale = np.abs(W).max(axis=0)
+    W = W / scale
+    if np.linalg.matrix_rank(W) < len(used) or used[:3].tolist() != [0, 1, 2]:
+        raise ValueError(
+            "calibration samples cannot tell overhead, per-token and per-pair costs apart: "
+            "measure prefill at several lengths and decode at several batch sizes and contexts"
+        )
+    sol, _ = nnls(W, y / sigma)
+    coef = np.zeros(4)
+    coef[used] = sol / scale
+    samples["http_s"] = float(coef[3])  # raw rows' round trip: the simulator has no HTTP hop
     overhead = max(float(coef[0]), 1e-5)  # a step is never free
     return LatencyProfile(
         overhead_s=overhead,
@@ -108,11 +216,11 @@ def calibrate(url: str) -> tuple[LatencyProfile, dict]:
     samples = asyncio.run(measure(url))
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     profile = fit(samples, source=f"calibrated against {url} at {when}")
-    predicted = [
-        profile.overhead_s + profile.c_token * x[1] + profile.c_pair * x[2] + http * x[3]
-        for x, http in zip(samples["X"], [samples["http_s"]] * len(samples["X"]), strict=True)
+    http = samples["http_s"]
+    samples["predicted"] = [
+        profile.overhead_s * x[0] + profile.c_token * x[1] + profile.c_pair * x[2] + http * x[3]
+        for x in samples["X"]
     ]
-    samples["predicted"] = predicted
     return profile, samples
 
 
@@ -135,7 +243,17 @@ def compare_records(policy: str, sim: dict, live: dict) -> list[dict]:
     return out
 
 
-__all__ = ["calibrate", "compare_records", "fit", "measure", "rel_error"]
+__all__ = [
+    "calibrate",
+    "compare_records",
+    "decode_design",
+    "decode_row",
+    "fit",
+    "measure",
+    "prefill_gain_row",
+    "prefill_row",
+    "rel_error",
+]
 
 
 async def _live_summary(url, specs, policy, concurrency, options) -> tuple[dict, int]:
