@@ -119,7 +119,7 @@ async def measure(
     contexts=DECODE_CONTEXTS,
     k1: int = 8,
     k2: int = 40,
-    repeat: int = 3,
+    repeat: int = 5,
 ) -> dict:
     """Samples: rows (see prefill_gain_row / prefill_row / decode_row), seconds `y` (median of
     `repeat`), their standard errors `sd`, each row's `kind` ("prefill" or "decode"), and
