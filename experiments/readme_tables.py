@@ -94,6 +94,51 @@ TABLES: tuple[Table, ...] = (
         order=("vllm", "lru", "continuum", "stp", "stp_fair", "stp_exact", "stp_tool"),
         columns=_lab_columns(),
     ),
+    # README "Results so far": two replicas at 192 programs, vLLM with each router ...
+    Table(
+        name="replicas_routers",
+        source="figures/data/own_replicas.csv",
+        row_key="router",
+        order=("least_loaded", "round_robin", "sticky", "cache_aware"),
+        columns=(
+            Col("policy", "router", template="`vllm` + `{}`"),
+            Col("steps/min", "throughput_steps_per_min", fmt=",.0f"),
+            Col("hit %", "kv_hit_rate", fmt="pct"),
+            Col("preemptions", "preemptions", fmt=",.0f"),
+            Col("imbalance peak", "mem_imbalance_peak", fmt=".2f"),
+            Col("> 20 %", "mem_imbalance_frac_over_20pct", fmt="%"),
+        ),
+    ),
+    # ... and the program-aware policies on the same setup
+    Table(
+        name="replicas_aware",
+        source="figures/data/own_replicas_aware.csv",
+        row_key="policy",
+        order=("lru", "continuum", "stp", "stp_fair", "stp_exact", "stp_tool"),
+        columns=(
+            Col("policy", "policy", template="`{}`"),
+            Col("steps/min", "throughput_steps_per_min", fmt=",.0f"),
+            Col("hit %", "kv_hit_rate", fmt="pct"),
+            Col("preemptions", "preemptions", fmt=",.0f"),
+            Col("imbalance peak", "mem_imbalance_peak", fmt=".2f"),
+            Col("> 20 %", "mem_imbalance_frac_over_20pct", fmt="%"),
+        ),
+    ),
+    # README "Tool environments": none / gc / gc+prefetch on the bundled swe and openhands traces
+    Table(
+        name="tool_manager",
+        source="figures/data/own_tool_manager.csv",
+        columns=(
+            Col("trace", "trace", template="`{}`"),
+            Col("mode", "tool_manager", template="`{}`"),
+            Col("peak disk", "env.peak_disk_bytes", fmt="GB"),
+            Col("peak ports", "env.peak_ports", fmt=",.0f"),
+            Col("left at the end", "env.leaked_envs", fmt=",.0f"),
+            Col("mean prep (s)", "env.mean_prep_s", fmt=".1f"),
+            Col("mean wait for env (s)", "env.mean_env_wait_s", fmt=".1f"),
+            Col("steps/min (whole run)", "throughput_steps_per_min", fmt=",.0f"),
+        ),
+    ),
     # README "Live mode": the simulator against a real vLLM after calibration
     Table(
         name="live_fidelity",

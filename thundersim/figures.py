@@ -530,11 +530,18 @@ def write_report(results: list[FigureResult], path: Path, timing: dict) -> None:
     checks = [r.spec.name for r in compared if r.spec.name in fitted]
     repro = [r.spec.name for r in compared if r.spec.name not in fitted]
     lines += [
-        f"Of the {len(compared)} figures compared with the paper's numbers, {len(repro)} are "
-        f"reproductions ({', '.join(repro) or 'none'}) and {len(checks)} consistency checks "
-        f"({', '.join(checks) or 'none'}).",
+        f"Of the {len(compared)} figures compared with the paper's numbers, {len(repro)} compare "
+        f"an independent prediction with it, whether or not they agree ({', '.join(repro) or 'none'}), "
+        f"and {len(checks)} are consistency checks ({', '.join(checks) or 'none'}).",
         "",
     ]
+    if (path.parent / "CHANGES.md").is_file():
+        lines += [
+            "How these numbers moved from the previous measurement (a window chosen by each run, "
+            "GPU memory in 1e9-byte GB, Continuum with unsourced constants): `CHANGES.md`, "
+            "written by `python experiments/figure_changes.py REV`.",
+            "",
+        ]
     for res in results:
         spec = res.spec
         check = spec.name in fitted and bool(res.rows)
