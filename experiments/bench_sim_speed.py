@@ -55,7 +55,7 @@ def main() -> None:
                 f"{r['simulated_s'] / rwall:12.0f}   skip-ahead speed-up x{rwall / best:.1f}"
             )
 
-    print("\n# vllm vs stp by parallel programs (steady-window throughput)")
+    print("\n# vllm vs stp by parallel programs (whole-run throughput: the trace run to its end)")
     print(
         f"{'N':>4s} {'policy':6s} {'steps/min':>9s} {'hit %':>6s} {'preempt':>8s} "
         f"{'recompute Mtok':>14s} {'ttfr p50 s':>10s}"
