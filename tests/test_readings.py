@@ -257,5 +257,5 @@ def test_the_figures_report_fails_on_a_reading_that_does_not_check(tmp_path):
 def test_a_validation_spec_reads_its_results_file():
     spec = specs_in(only=["own_validation"])[0]
     table = readings.run_table(spec, ROOT / "figures" / "data")
-    text = "{vllm:throughput_whole_run_steps_per_min.rel_error:+%1}"
+    text = "{vllm:throughput_steps_per_min.rel_error:+%1}"
     assert re.fullmatch(r"[+−]\d+\.\d %", render(spec, table, text=text))

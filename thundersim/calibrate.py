@@ -40,6 +40,7 @@ from thundersim.live import run_live
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.latency import LatencyProfile
 from thundersim.simulate import RunConfig, simulate
+from thundersim.window import check_comparable
 
 
 async def _timed_batch(
@@ -224,21 +225,34 @@ def calibrate(url: str) -> tuple[LatencyProfile, dict]:
     return profile, samples
 
 
+# The scheduler budget of the live engine `validate` runs against by default: a vLLM API server
+# on CPU started without --max-num-batched-tokens / --max-num-seqs (what `engine up` starts).
+# provenance: spec — vLLM 0.32 EngineArgs.get_batch_defaults, CPU branch: OPENAI_API_SERVER
+# 2048 x world_size tokens and 128 x world_size sequences (vllm/engine/arg_utils.py)
+LIVE_CPU_MAX_BATCHED_TOKENS = 2048
+LIVE_CPU_MAX_NUM_SEQS = 128  # provenance: spec — the same function and branch
+
+
 def rel_error(sim: float, live: float) -> float | None:
     return None if live == 0 else (sim - live) / live
 
 
 def compare_records(policy: str, sim: dict, live: dict) -> list[dict]:
+    """Sim vs live, metric by metric; both sides must measure throughput by one definition
+    (thundersim.window: the same finite trace is measured whole on both)."""
+    kind = check_comparable([sim, live], f"{policy}: the simulated and the live run")
     out = []
-    for metric in (
-        "throughput_steps_per_min",
-        "throughput_whole_run_steps_per_min",
-        "kv_hit_rate",
-        "preemptions",
-    ):
+    for metric in ("throughput_steps_per_min", "kv_hit_rate", "preemptions"):
         s, v = float(sim[metric]), float(live[metric])
         out.append(
-            {"policy": policy, "metric": metric, "sim": s, "live": v, "rel_error": rel_error(s, v)}
+            {
+                "policy": policy,
+                "metric": metric,
+                "sim": s,
+                "live": v,
+                "rel_error": rel_error(s, v),
+                "throughput_metric": kind[0],
+            }
         )
     return out
 
@@ -256,13 +270,13 @@ __all__ = [
 ]
 
 
-async def _live_summary(url, specs, policy, concurrency, options) -> tuple[dict, int]:
+async def _live_summary(url, specs, policy, concurrency, options) -> tuple[dict, int, int]:
 
     backend = VLLMBackend(0, url, TokenBook(vocab=2048))
     await backend.connect()
     try:
         result = await run_live(specs, make_policy(policy, options), [backend], concurrency)
-        return result.summary, backend.capacity_tokens
+        return result.summary, backend.capacity_tokens, backend.block_size
     finally:
         await backend.close()
 
@@ -274,19 +288,25 @@ def validate(
     concurrency: int,
     options,
     policies=("vllm", "stp"),
-    max_batched_tokens: int = 8192,
+    max_batched_tokens: int = LIVE_CPU_MAX_BATCHED_TOKENS,
+    max_num_seqs: int = LIVE_CPU_MAX_NUM_SEQS,
 ) -> list[dict]:
     """Run the (scaled) trace live and simulated with the calibrated profile, for each policy;
-    records of policy, metric, sim, live, rel_error."""
+    records of policy, metric, sim, live, rel_error. The simulated engine gets the live one's
+    block size and pool (from its metrics) and scheduler budget (pass the server's
+    --max-num-batched-tokens / --max-num-seqs when it was started with them)."""
 
     records = []
     for policy in policies:
-        live, capacity = asyncio.run(_live_summary(url, specs, policy, concurrency, options))
+        live, capacity, block = asyncio.run(
+            _live_summary(url, specs, policy, concurrency, options)
+        )
         config = RunConfig(
             setup=make_setup(kv_capacity_override=capacity),
             concurrency=concurrency,
-            block_size=128,  # vLLM's CPU backend
+            block_size=block,
             max_batched_tokens=max_batched_tokens,
+            max_num_seqs=max_num_seqs,
             latency_profile=profile,
             sample_dt=0.2,
             tool_manager=None,  # the live side waits each prep_s as it is (no sandbox model)
