@@ -90,33 +90,7 @@ from thundersim.sweep import POINT_DEFAULTS, ROOT, Spec, SpecError
 # Specs whose `reading` is still hand-typed prose (issue 11): pasted unchecked and marked so in
 # the report. Remove a name when its reading is rewritten with placeholders; empty the list and
 # every reading is checked.
-LEGACY: frozenset[str] = frozenset(
-    {
-        "fig1",
-        "fig10",
-        "fig2a",
-        "fig2b",
-        "fig2c",
-        "fig4a",
-        "fig4b",
-        "fig4d",
-        "fig4e",
-        "fig4f",
-        "fig5a",
-        "fig5b",
-        "fig5c",
-        "fig5d",
-        "fig5e",
-        "fig5f",
-        "fig6a",
-        "fig6b_decay",
-        "fig6b_dt",
-        "fig9",
-        "own_policies",
-        "own_validation",
-        "table2",
-    }
-)
+LEGACY: frozenset[str] = frozenset()
 
 DASH = "—"
 MINUS = "−"
