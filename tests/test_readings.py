@@ -14,7 +14,7 @@ import pytest
 
 from thundersim import readings
 from thundersim.figures import FigureResult, specs_in, write_report
-from thundersim.readings import LEGACY, ReadingError, check, format_value, render, report_reading
+from thundersim.readings import ReadingError, check, format_value, render, report_reading
 from thundersim.sweep import ROOT, load_spec
 
 SPEC = """
@@ -201,27 +201,13 @@ def test_formats(value, fmt, text):
 
 
 # ---- the repository's specs --------------------------------------------------------------------
-def test_legacy_names_only_readings_still_typed_by_hand():
-    """A reading rewritten with placeholders leaves LEGACY (then the report checks it)."""
-    specs = {s.name: s for s in specs_in()}
-    assert set(specs) >= LEGACY, sorted(LEGACY - set(specs))
-    passing = []
-    for name in sorted(LEGACY):
-        try:
-            check(specs[name].raw.get("reading", ""), specs[name])
-            passing.append(name)
-        except ReadingError:
-            pass
-    assert not passing, f"remove from readings.LEGACY, their readings check: {passing}"
-
-
 def test_every_checked_reading_renders_from_the_committed_tables():
     """What `thundersim figures` does with each reading, on the committed figures/data (the
     report's computed sim-vs-paper rows are not in the data: a reading naming one is left to
     the figures run)."""
     for spec in specs_in():
         text = spec.raw.get("reading", "")
-        if not text or spec.name in LEGACY:
+        if not text:
             continue
         check(text, spec)
         table = readings.run_table(spec, ROOT / "figures" / "data")
@@ -232,14 +218,12 @@ def test_every_checked_reading_renders_from_the_committed_tables():
                 raise
 
 
-def test_the_report_pastes_legacy_readings_marked_and_renders_the_others(tmp_path):
+def test_the_report_renders_a_reading_from_the_run_table(tmp_path):
     spec = _spec(tmp_path, text=SPEC.replace("'''x'''", "'''stp {stp@96} at 96.'''"))
     (tmp_path / "data").mkdir()
     TABLE.to_csv(tmp_path / "data" / "mini.csv", index=False)
     res = FigureResult(spec)
     assert report_reading(res, tmp_path / "data") == "*Reading.* stp 427 at 96."
-    legacy = FigureResult(specs_in(only=[sorted(LEGACY)[0]])[0])
-    assert report_reading(legacy, tmp_path / "data").startswith("*Reading (typed by hand")
 
 
 def test_the_figures_report_fails_on_a_reading_that_does_not_check(tmp_path):

@@ -68,9 +68,7 @@ A number glued to a unit (``8K``, ``15%``, ``3.2M``) is a number, and one glued 
 (``8K``) is never taken for an input.
 
 The figures command renders each reading with ``report_reading``: a reading that does not check
-or render stops it with the error. ``LEGACY`` names the specs whose readings are still the old
-hand-typed text: those are pasted as they are, visibly marked unchecked, until rewritten as
-templates (then the name must leave the list: tests/test_readings.py holds it to that).
+or render stops it with the error, so no typed result reaches the report.
 """
 
 from __future__ import annotations
@@ -86,11 +84,6 @@ from pathlib import Path
 import pandas as pd
 
 from thundersim.sweep import POINT_DEFAULTS, ROOT, Spec, SpecError
-
-# Specs whose `reading` is still hand-typed prose (issue 11): pasted unchecked and marked so in
-# the report. Remove a name when its reading is rewritten with placeholders; empty the list and
-# every reading is checked.
-LEGACY: frozenset[str] = frozenset()
 
 DASH = "—"
 MINUS = "−"
@@ -573,13 +566,11 @@ def validation_table(records: list[dict]) -> pd.DataFrame:
 def report_reading(res, data_dir: Path, reduced: bool = False) -> str:
     """The report's reading paragraph of one figure (a FigureResult: spec and sim-vs-paper rows),
     rendered from the run's table in data_dir; "" when the spec has none. A reading that does not
-    check or render raises ReadingError; a LEGACY one is pasted, marked unchecked."""
+    check or render raises ReadingError."""
     spec = res.spec
     text = spec.raw.get("reading", "").strip()
     if not text:
         return ""
-    if spec.name in LEGACY:
-        return f"*Reading (typed by hand, not yet checked against this run: issue 11).* {text}"
     check(text, spec)
     table = run_table(spec, data_dir)
     return f"*Reading.* {render(spec, table, res.rows, reduced, text)}"
