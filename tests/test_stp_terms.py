@@ -73,8 +73,10 @@ def test_every_term_is_non_negative_at_every_sample_and_in_total(programs, r):
     for acc in res.summary["stp_per_backend"]:
         for k in KV_CATEGORIES:
             assert acc[k] >= 0, (k, acc)
-    # c_min is known exactly when something waits (the condition that makes spare unused)
-    waits = (mem.waiting > 0) | (mem.held > 0)
+    # c_min is known exactly when something waits for memory (what makes spare unused): a
+    # withheld call or an engine queue whose head cannot get its blocks
+    waits = mem.mem_wait.astype(bool)
+    assert (waits >= (mem.held > 0)).all() and (waits <= ((mem.held > 0) | (mem.waiting > 0))).all()
     assert (mem.c_min.notna() == waits).all()
     assert (mem.c_min[waits] >= 1).all()
     assert (mem.unused[~waits] == 0).all() and (mem.idle[waits] == 0).all()
@@ -186,7 +188,8 @@ def _row(t, backend, unused, waiting=0, held=0, c_min=math.nan):
     cats["unused"] = unused
     if not (waiting or held):
         cats["idle"], cats["unused"] = unused, 0
-    return (t, backend, 0, 0, *(cats[k] for k in KV_CATEGORIES), 0, waiting, held, c_min)
+    wait = bool(waiting or held)  # in these hand-made samples a queue always waits for memory
+    return (t, backend, 0, 0, *(cats[k] for k in KV_CATEGORIES), 0, waiting, held, wait, c_min)
 
 
 def test_stp_bound_on_hand_made_samples():
@@ -237,7 +240,7 @@ def test_stp_bound_splits_a_sample_that_spans_a_tick():
 def _bound_from_frame(mem: pd.DataFrame, dt: float, end: float, sample_dt: float) -> dict:
     """The same definition from the memory table, with samples on the tick grid (sample_dt
     divides dt): U per (backend, interval), c_min its smallest waiting context."""
-    mem = mem[(mem.t <= end) & ((mem.waiting > 0) | (mem.held > 0))].copy()
+    mem = mem[(mem.t <= end) & mem.mem_wait.astype(bool)].copy()
     mem["width"] = np.minimum(sample_dt, end - mem.t)
     mem["k"] = np.floor(mem.t / dt + 1e-9).astype(int)
     mem["U"] = mem.unused * mem.width

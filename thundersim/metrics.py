@@ -7,8 +7,10 @@ Definitions (the same in sim and live):
 - STP terms (token x seconds, per backend): every KV block is sampled every `sample_dt` into
   exactly one of decode (held by decoding requests), prefill (held by requests prefilling new
   tokens), recompute (held for tokens the program had computed before), caching (cached KV of
-  programs in a tool call), unused (free or other cached capacity while some call waits: in the
-  engine's queue or withheld by the policy), idle (the same while nothing waits). Together they
+  programs in a tool call), unused (free or other cached capacity while some call waits for
+  memory: withheld by the policy, or in an engine queue whose head cannot get its blocks), idle
+  (the same while nothing waits for memory; a queue that waits only for the token budget waits
+  for compute). Together they
   add up to capacity x time for every backend. Sampling, not event-exact integration, keeps the
   hot path free of bookkeeping; on the bundled trace at 96 programs, sampling every 1 s instead of
   every 0.02 s moves no term by more than 0.1 % of capacity x time. Terms are in whole blocks:
@@ -46,6 +48,7 @@ MEMORY_COLUMNS = [
     "running",
     "waiting",
     "held",
+    "mem_wait",
     "c_min",
 ]
 _COL = {name: i for i, name in enumerate(MEMORY_COLUMNS)}
@@ -173,11 +176,15 @@ class Recorder:
                 continue
             B = b.block_size
             kv = b.kv_breakdown(self._is_acting)
-            waiting = len(b.waiting) > 0 or held > 0
-            # the smallest context that waits for this backend's memory: a withheld call (the
-            # paused queue is global) or a request in its engine queue
+            # Something waits for memory: a call withheld by the policy (the paused queue is
+            # global) or an engine queue whose head cannot get its blocks. A queue waiting only
+            # for the token budget leaves free memory idle, not unused.
+            blocked = b.waiting_for_memory()
+            waiting = blocked or held > 0
+            # the smallest context that waits for this backend's memory: a withheld call or a
+            # request in its memory-blocked engine queue
             c_min = withheld
-            if b.waiting:
+            if blocked:
                 queued = min(seq.num_tokens for seq in b.waiting)
                 c_min = queued if math.isnan(c_min) else min(c_min, queued)
             spare = (kv["empty"] + kv["cached_other"]) * B
@@ -200,6 +207,7 @@ class Recorder:
                     len(b.running),
                     len(b.waiting),
                     held,
+                    waiting,
                     c_min,
                 )
             )
@@ -227,6 +235,7 @@ class Recorder:
                 s.running,
                 s.waiting,
                 held,
+                waiting,
                 withheld,
             )
         )
@@ -292,14 +301,12 @@ class Recorder:
         if not dt or self._last_t is None:
             return None
         end = self._last_t
-        unused_col, waiting_col, held_col, cmin_col = (
-            _COL[k] for k in ("unused", "waiting", "held", "c_min")
-        )
+        unused_col, wait_col, cmin_col = (_COL[k] for k in ("unused", "mem_wait", "c_min"))
         intervals: dict[tuple[int, int], list[float]] = {}  # (backend, k) -> [U, c_min]
         for index, rows in self._widths(end):
             for row, width in rows:
-                if width <= 0 or not (row[waiting_col] > 0 or row[held_col] > 0):
-                    continue  # nothing waited: its spare memory is idle, not unused
+                if width <= 0 or not row[wait_col]:
+                    continue  # nothing waited for memory: its spare memory is idle, not unused
                 c = row[cmin_col]
                 t, left = row[0], width
                 while left > 1e-12:  # a sample's span may cross a tick: split it

@@ -354,6 +354,15 @@ class SimBackend:
                 hi = mid - 1
         return lo
 
+    def waiting_for_memory(self) -> bool:
+        """Whether the waiting queue is held back by KV blocks: its head would not get the
+        blocks of a first chunk even with the iteration's whole token budget. A queue that waits
+        only for the token budget or the sequence cap is waiting for compute, not memory (the
+        STP accounting's distinction between unused and idle capacity)."""
+        if not self.waiting:
+            return False
+        return self._admission(self.waiting[0], self.max_batched_tokens) is None
+
     def _head_admissible(self) -> bool:
         if len(self.running) >= self.max_num_seqs:
             return False
