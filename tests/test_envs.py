@@ -12,14 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+import simpy
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine_adapters.sandbox import LocalSandbox, docker_available
 from policies import make_policy
+from thundersim.driver import SimClock
 from thundersim.envs import EnvLimits, EnvManager
 from thundersim.policy import Policy, PolicyOptions
-from thundersim.sim.sandbox import PREP_REF_K, contended_prep, prep_seconds
+from thundersim.sim.sandbox import PREP_REF_K, SimSandbox, contended_prep, prep_seconds
 from thundersim.trace import EnvSpec, ProgramSpec, StepSpec
 
 from .conftest import StubBackend, run_sim
@@ -50,6 +52,115 @@ def test_prep_time_model_follows_the_papers_measurements():
         assert prep_seconds(k) == pytest.approx(seconds, rel=0.05)
     assert contended_prep(29.9, PREP_REF_K) == pytest.approx(29.9)
     assert contended_prep(10.0, 1) < 10.0 < contended_prep(10.0, 96)
+
+
+def _prepare_at(env, box, jobs):
+    """jobs: (start time, key, work); returns key -> the time it became ready."""
+    ready = {}
+
+    def starter(t, key, work):
+        yield env.timeout(t)
+        box.prepare(key, EnvSpec(prep_s=work), work, lambda h: ready.setdefault(h, env.now))
+
+    for t, key, work in jobs:
+        env.process(starter(t, key, work))
+    env.run()
+    return ready
+
+
+@pytest.mark.parametrize("n", [24, 48, 72, 96])
+def test_n_preparations_started_together_take_the_fitted_time_at_n(n):
+    """Consistency check, not a reproduction: the fit is to Fig 2c's points read as "n
+    preparations in progress", so n started at the same instant (a closed loop's first wave)
+    must each take prep_s x t(n) / t(24), and with the trace's 29.9 s at 24 the fitted point
+    itself."""
+    env = simpy.Environment()
+    box = SimSandbox(env)
+    ready = _prepare_at(env, box, [(0.0, f"e{i}", 29.9) for i in range(n)])
+    assert len(ready) == n
+    expected = 29.9 * prep_seconds(n) / prep_seconds(PREP_REF_K)
+    assert expected == pytest.approx(contended_prep(29.9, n))
+    for t in ready.values():
+        assert t == pytest.approx(expected, rel=1e-9)
+    assert box.in_progress == 0
+
+
+def test_a_preparation_joined_halfway_slows_down_from_then_on():
+    # 24 with 30 s of work from t = 0 run at rate 1 (t(24)/t(24)); at t = 15, half done, 24 more
+    # join: rate t(24)/t(48) = 29.530064 / 33.010256 for everyone until the first 24 finish
+    # their last 15 s of work, at 15 + 15 x 33.010256 / 29.530064 = 31.7678 s. The joiners have
+    # then done 15 s of work too and finish the rest alone at rate 1: at 46.7678 s.
+    env = simpy.Environment()
+    box = SimSandbox(env)
+    jobs = [(0.0, f"a{i}", 30.0) for i in range(24)] + [(15.0, f"b{i}", 30.0) for i in range(24)]
+    ready = _prepare_at(env, box, jobs)
+    slowed = 15 + 15 * prep_seconds(48) / prep_seconds(24)
+    assert slowed == pytest.approx(31.7678, abs=1e-4)
+    for i in range(24):
+        assert ready[f"a{i}"] == pytest.approx(slowed, rel=1e-9)  # not 30: slowed down
+        assert ready[f"b{i}"] == pytest.approx(slowed + 15, rel=1e-9)  # not 15 + 30 x 1.118
+
+
+def test_one_preparation_alone_is_faster_and_finishing_ones_speed_up_the_rest():
+    env = simpy.Environment()
+    box = SimSandbox(env)
+    alone = _prepare_at(env, box, [(0.0, "x", 10.0)])
+    assert alone["x"] == pytest.approx(10.0 * prep_seconds(1) / prep_seconds(24))
+    # 2 in progress: the short one (work 1) finishes at 1 / r2; the long one (work 3) has 2 left
+    # and goes on alone at r1
+    env = simpy.Environment()
+    box = SimSandbox(env)
+    ready = _prepare_at(env, box, [(0.0, "short", 1.0), (0.0, "long", 3.0)])
+    r1, r2 = (prep_seconds(24) / prep_seconds(k) for k in (1, 2))
+    assert ready["short"] == pytest.approx(1 / r2)
+    assert ready["long"] == pytest.approx(1 / r2 + 2 / r1)
+
+
+def test_the_manager_hands_the_uncontended_time_and_records_the_concurrency():
+    from types import SimpleNamespace
+
+    env = simpy.Environment()
+    box = SimSandbox(env)
+    seen = []
+    prepare = box.prepare
+    box.prepare = lambda key, spec, d, cb: (seen.append(d), prepare(key, spec, d, cb))
+    manager = EnvManager(SimClock(env), box, "gc")
+    progs = [
+        SimpleNamespace(id=f"p{i}", spec=SimpleNamespace(env=EnvSpec(prep_s=30.0)), envs=None)
+        for i in range(48)
+    ]
+
+    def arrive(t, ps):
+        yield env.timeout(t)
+        for p in ps:
+            manager.acquire(p)
+
+    env.process(arrive(0.0, progs[:24]))
+    env.process(arrive(15.0, progs[24:]))
+    env.run()
+    assert seen == [30.0] * 48  # the trace's prep_s: contention is the provider's
+    preps = manager.preps_frame().set_index("program")
+    first, joiners = preps.loc["p0":"p23"], preps.loc["p24":"p47"]
+    assert list(first.concurrent_preps) == list(range(1, 25))  # k at start, itself included
+    assert list(joiners.concurrent_preps) == list(range(25, 49))
+    slowed = 15 + 15 * prep_seconds(48) / prep_seconds(24)
+    assert first.prep_s.tolist() == pytest.approx([slowed] * 24)
+    assert joiners.prep_s.tolist() == pytest.approx([slowed] * 24, rel=1e-9)  # 46.77 - 15
+    # mean k over the preparation: 24 for 15 s then 48 (first); 48 then 24 alone (joiners)
+    assert first.mean_concurrent_preps.tolist() == pytest.approx(
+        [(24 * 15 + 48 * (slowed - 15)) / slowed] * 24
+    )
+    assert joiners.mean_concurrent_preps.tolist() == pytest.approx(
+        [(48 * (slowed - 15) + 24 * 15) / slowed] * 24
+    )
+
+
+def test_preparation_is_deterministic():
+    specs = [program(f"d{i}", prep_s=20.0 + 3 * (i % 5), tool_s=4.0) for i in range(20)]
+    a = run_sim(specs, concurrency=8, tool_manager="gc+prefetch", kv_tokens=50_000)
+    b = run_sim(specs, concurrency=8, tool_manager="gc+prefetch", kv_tokens=50_000)
+    assert a.env_preps.equals(b.env_preps)
+    assert a.summary["env"] == b.summary["env"]
 
 
 # ---- simulation ---------------------------------------------------------------------------------
@@ -111,10 +222,16 @@ def test_async_preparation_shortens_the_wait_for_an_environment():
 
 
 def test_preparation_takes_longer_when_more_run_at_once():
-    res = run_sim(trace(16), concurrency=16, tool_manager="gc", kv_tokens=200_000)
-    preps = res.env_preps.sort_values("concurrent_preps")
-    assert preps.concurrent_preps.iloc[-1] == 16
-    assert preps.prep_s.iloc[-1] > preps.prep_s.iloc[0]
+    few = run_sim(trace(16), concurrency=4, tool_manager="gc", kv_tokens=200_000)
+    many = run_sim(trace(16), concurrency=16, tool_manager="gc", kv_tokens=200_000)
+    preps = many.env_preps
+    assert preps.concurrent_preps.max() == 16
+    # all 16 start together and prepare side by side throughout, each at the 16-way rate
+    assert preps.mean_concurrent_preps.tolist() == pytest.approx([16.0] * 16)
+    assert preps.prep_s.tolist() == pytest.approx([contended_prep(30.0, 16)] * 16)
+    first_four = few.env_preps.sort_values("start_t").head(4)
+    assert first_four.prep_s.tolist() == pytest.approx([contended_prep(30.0, 4)] * 4)
+    assert contended_prep(30.0, 16) > contended_prep(30.0, 4)
 
 
 class _Watch(Policy):

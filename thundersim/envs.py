@@ -12,7 +12,11 @@ process) with a lifecycle, the T of P = <ID, c, T, L, tau, s>.
   when no arrived program is waiting for room.
 
 Clock-agnostic like the Cluster: environments are made and removed by an `EnvProvider`, the
-simulated one (thundersim.sim.sandbox) or a real one (engine_adapters.sandbox).
+simulated one (thundersim.sim.sandbox) or a real one (engine_adapters.sandbox). The manager hands
+the provider the trace's uncontended preparation time; what contention does to it is the
+provider's business (the simulated one shares its service among the preparations in progress,
+a real one takes as long as it takes). Each environment records how many preparations were in
+progress when it started and, on average, while it was being prepared.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ class EnvProvider(Protocol):
     def prepare(
         self, key: str, spec: EnvSpec, duration_s: float, on_ready: Callable[[Any], None]
     ) -> None:
-        """Start preparing; call on_ready(handle) once it is usable (after about duration_s)."""
+        """Start preparing; call on_ready(handle) once it is usable. duration_s is the trace's
+        uncontended preparation time; a provider that models contention stretches it."""
 
     def teardown(self, handle: Any) -> None:
         """Remove it now: files, ports, processes."""
@@ -82,7 +87,9 @@ class Env:
     __slots__ = (
         "concurrent",
         "handle",
+        "k_area_start",
         "key",
+        "mean_concurrent",
         "owner_done",
         "prefetched",
         "prep_s",
@@ -108,6 +115,9 @@ class Env:
         self.removed_t: float | None = None
         self.prep_s = 0.0
         self.concurrent = 0  # preparations in progress when it started (itself included)
+        # preparations in progress on average from its start to ready (itself included)
+        self.mean_concurrent: float | None = None
+        self.k_area_start = 0.0  # the manager's integral of preparations in progress, at start
         self.handle: Any = None
         self.owner_done = False
         self.waiters: list = []
@@ -124,7 +134,6 @@ class EnvManager:
         provider: EnvProvider,
         mode: str = "gc+prefetch",
         limits: EnvLimits | None = None,
-        prep_time: Callable[[float, int], float] | None = None,
         upcoming: Callable[[], Iterable[ProgramSpec]] | None = None,
         max_prefetch: int = MAX_PREFETCH,
     ):
@@ -134,8 +143,6 @@ class EnvManager:
         self.provider = provider
         self.mode = mode
         self.limits = limits or EnvLimits()
-        # (trace prep seconds, preparations in progress) -> seconds it takes
-        self.prep_time = prep_time or (lambda s, k: s)
         self.upcoming = upcoming  # specs of programs not yet arrived, in admission order
         self.max_prefetch = max_prefetch
         self.envs: dict[str, Env] = {}  # program id -> its environment (until removed)
@@ -144,6 +151,8 @@ class EnvManager:
         self.disk = 0
         self.ports = 0
         self.preparing = 0
+        self._k_area = 0.0  # integral over time of `preparing` (preparation-seconds)
+        self._k_t = clock.now if clock is not None else 0.0  # when _k_area was last updated
         self.peak_disk = 0
         self.peak_ports = 0
         self._finishes: list[float] = []
@@ -210,6 +219,7 @@ class EnvManager:
                 e.removed_t,
                 e.prep_s,
                 e.concurrent,
+                e.mean_concurrent,
                 e.spec.disk_bytes,
                 e.spec.ports,
             )
@@ -225,7 +235,8 @@ class EnvManager:
                 "ready_t",
                 "removed_t",
                 "prep_s",
-                "concurrent_preps",
+                "concurrent_preps",  # in progress when it started, itself included
+                "mean_concurrent_preps",  # in progress on average until ready (NaN: not ready)
                 "disk_bytes",
                 "ports",
             ],
@@ -335,11 +346,12 @@ class EnvManager:
         self.ports += env.spec.ports
         self.peak_disk = max(self.peak_disk, self.disk)
         self.peak_ports = max(self.peak_ports, self.ports)
-        self.preparing += 1
+        self._count_preparing(+1)
         env.state = "preparing"
         env.start_t = self.clock.now
         env.concurrent = self.preparing
-        duration = self.prep_time(env.spec.prep_s, self.preparing) if env.spec.prep_s > 0 else 0.0
+        env.k_area_start = self._k_area
+        duration = max(env.spec.prep_s, 0.0)  # uncontended: contention is the provider's
         self.provider.prepare(env.key, env.spec, duration, lambda h, e=env: self._ready(e, h))
 
     def _ready(self, env: Env, handle: Any) -> None:
@@ -347,10 +359,13 @@ class EnvManager:
         if env.state == "removed":  # torn down (end of run) while it was being prepared
             self.provider.teardown(handle)
             return
-        self.preparing -= 1
+        self._count_preparing(-1)
         env.state = "ready"
         env.ready_t = self.clock.now
         env.prep_s = env.ready_t - env.start_t
+        env.mean_concurrent = (
+            (self._k_area - env.k_area_start) / env.prep_s if env.prep_s > 0 else env.concurrent
+        )
         for event in env.waiters:
             self.clock.fire(event, env)
         env.waiters.clear()
@@ -360,7 +375,7 @@ class EnvManager:
         if env.state == "removed":
             return
         if env.state == "preparing":
-            self.preparing -= 1
+            self._count_preparing(-1)
         if env.state != "queued":
             self.disk -= env.spec.disk_bytes
             self.ports -= env.spec.ports
@@ -371,6 +386,12 @@ class EnvManager:
         del self.envs[env.program_id]
         self.done.append(env)
         self._record()
+
+    def _count_preparing(self, delta: int) -> None:
+        now = self.clock.now
+        self._k_area += self.preparing * (now - self._k_t)
+        self._k_t = now
+        self.preparing += delta
 
     def _record(self) -> None:
         self._usage.append(

@@ -23,7 +23,7 @@ from thundersim.program import Program, Status
 from thundersim.sim.catalog import Setup, make_setup
 from thundersim.sim.engine import DEFAULT_BLOCK_SIZE, SimBackend, vllm_default_budget
 from thundersim.sim.latency import LatencyModel, LatencyProfile, roofline_profile
-from thundersim.sim.sandbox import SimSandbox, contended_prep
+from thundersim.sim.sandbox import SimSandbox
 from thundersim.trace import ProgramSpec
 from thundersim.window import check_window, measure
 
@@ -207,7 +207,6 @@ def simulate(
             SimSandbox(env),
             config.tool_manager,
             EnvLimits(config.env_disk_limit, config.env_port_limit),
-            prep_time=contended_prep,
         )
     recycle = config.horizon_s is not None and config.concurrency is not None
     driver = Driver(env, cluster, programs, config.concurrency, on_progress, envs, recycle)
