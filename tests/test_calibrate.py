@@ -1,6 +1,7 @@
 """calibrate: the fit recovers planted coefficients, from generated samples and end to end from
 a synthetic engine (a real HTTP server in-process that answers /v1/completions and /metrics
-the way `measure` reads them, and steps its batch with the simulator's iteration time)."""
+the way `measure` reads them, and steps its batch with the simulator's iteration time,
+per-sequence cost included)."""
 
 from __future__ import annotations
 
@@ -20,22 +21,27 @@ from thundersim.calibrate import (
     decode_row,
     fit,
     measure,
+    predict,
     prefill_gain_row,
     prefill_row,
 )
 from thundersim.sim.latency import LatencyModel, LatencyProfile
 
-# The three coefficients a calibrated profile carries (memory terms zero, as calibrate writes).
+# The four coefficients a calibrated profile carries (memory terms zero, as calibrate writes).
+# As on the CPU vLLM, a decode sequence costs several times a prefill token (c_seq >> c_token),
+# the case a model without c_seq could not fit.
 PLANTED = LatencyProfile(
-    overhead_s=4e-3, c_token=2e-5, c_pair=1e-8, m_const=0.0, m_expert=0.0, m_kv=0.0
+    overhead_s=2e-3, c_token=2e-5, c_pair=1e-8, c_seq=1e-4, m_const=0.0, m_expert=0.0, m_kv=0.0
 )
-COEFFICIENTS = ("overhead_s", "c_token", "c_pair")
+COEFFICIENTS = ("overhead_s", "c_token", "c_pair", "c_seq")
 
 
 def planted_time(row, http_s=0.0):
-    one, tokens, pairs, trips = row
+    one, tokens, pairs, seqs, trips = row
     p = PLANTED
-    return p.overhead_s * one + p.c_token * tokens + p.c_pair * pairs + http_s * trips
+    return (
+        p.overhead_s * one + p.c_token * tokens + p.c_pair * pairs + p.c_seq * seqs + http_s * trips
+    )
 
 
 def assert_recovered(profile, rel=0.05):
@@ -63,14 +69,27 @@ def test_decode_design_covers_several_contexts_at_each_batch():
     assert (8, 128) in small and (1, 2048) in small and (2, 2048) not in small
 
 
-def test_decode_row_counts_pairs_as_the_simulator_does():
+def test_decode_row_counts_pairs_and_sequences_as_the_simulator_does():
     """The mean iteration between K1 and K2 output tokens, from the engine model itself: B
-    requests of prompt c decoding; iteration i attends to c + i - 1 tokens."""
+    requests of prompt c decoding (B sequences, B tokens); iteration i attends to c + i - 1
+    tokens."""
     model = LatencyModel(PLANTED)
     b, c, k1, k2 = 4, 300, 8, 40
     # decode iterations k1 .. k2-1 of a run (iteration i has context sum b * (c + i - 1))
     total = model.decode_run_time(b, b * (c + k1 - 1), k2 - k1)
     assert total / (k2 - k1) == pytest.approx(planted_time(decode_row(b, c, k1, k2)), rel=1e-12)
+    assert decode_row(b, c, k1, k2)[3] == decode_row(b, c, k1, k2)[1] == b
+
+
+def test_rows_count_sequences():
+    """A cache-hit difference has one sequence on either side (0), a raw prefill request one,
+    a decode iteration its batch."""
+    assert prefill_gain_row(500)[3] == 0
+    assert prefill_row(500)[3] == 1
+    assert decode_row(8, 128, 8, 40)[3] == 8
+    # and predict is the row's planted time
+    for row in (prefill_gain_row(500), prefill_row(500), decode_row(8, 128, 8, 40)):
+        assert predict(PLANTED, row, 1e-3) == pytest.approx(planted_time(row, 1e-3), rel=1e-12)
 
 
 @pytest.mark.parametrize(("prefill", "offset_s"), [(prefill_gain_row, 0.0), (prefill_row, 1.5e-3)])
@@ -87,27 +106,45 @@ def test_fit_recovers_planted_coefficients_from_noisy_samples(prefill, offset_s)
     assert profile.m_const == profile.m_expert == profile.m_kv == 0
 
 
-def test_decode_rows_alone_tell_all_three_coefficients_apart():
-    """The measurement design itself is identifiable: without prefill rows (and so without any
-    round trip), decode at several contexts and batches pins overhead, per-token and per-pair
-    cost. One context could not: B and B*c move together."""
+@pytest.mark.parametrize("prefill", [prefill_gain_row, prefill_row])
+def test_the_design_tells_all_four_coefficients_apart(prefill):
+    """The measurement design itself is identifiable: exact samples give back every planted
+    coefficient (and the raw rows' round trip). Prefill rows pin the per-token cost (many
+    tokens, one sequence or none), decode at several batches and contexts the overhead, the
+    per-sequence and per-pair costs."""
+    rows = default_rows(prefill)
+    samples = {"X": rows, "y": [planted_time(r, http_s=1.5e-3) for r in rows]}
+    assert_recovered(fit(samples, "test"), rel=1e-6)
+    want_http = 1.5e-3 if prefill is prefill_row else 0.0
+    assert samples["http_s"] == pytest.approx(want_http, rel=1e-6, abs=1e-12)
+
+
+def test_decode_rows_alone_cannot_tell_per_token_from_per_sequence_cost():
+    """A decode row has as many sequences as tokens, so decode alone (whatever its batches and
+    contexts) measures only c_token + c_seq: the fit refuses it rather than split the sum at
+    random. With the prefill rows beside it, the same decode rows pin every coefficient."""
     rows = [decode_row(b, c, 8, 40) for b, c in decode_design(10**6, 10**6)]
-    y = [planted_time(r) for r in rows]
-    assert_recovered(fit({"X": rows, "y": y}, "test"), rel=1e-6)
-    one_context = [decode_row(b, 256, 8, 40) for b in DECODE_BATCHES]
     with pytest.raises(ValueError, match="cannot tell"):
-        fit({"X": one_context, "y": [planted_time(r) for r in one_context]}, "test")
+        fit({"X": rows, "y": [planted_time(r) for r in rows]}, "test")
+    rows += [prefill_gain_row(L - 16) for L in PREFILL_LENGTHS]
+    assert_recovered(fit({"X": rows, "y": [planted_time(r) for r in rows]}, "test"), rel=1e-6)
 
 
 def test_fit_refuses_bad_samples():
     with pytest.raises(ValueError):
         fit({"X": [(1.0, 1.0, 1.0)], "y": [0.1]}, "test")
+    with pytest.raises(ValueError, match="5 columns"):  # rows from before the seqs column
+        fit({"X": [(1.0, 1.0, 1.0, 0.0)] * 8, "y": [0.1] * 8}, "test")
     with pytest.raises(ValueError):
         fit({"X": default_rows(), "y": [0.0] * len(default_rows())}, "test")
-    # prefill differences alone carry no overhead
+    # prefill differences alone carry no overhead (nor any sequence)
     gains = [prefill_gain_row(L) for L in PREFILL_LENGTHS]
     with pytest.raises(ValueError, match="cannot tell"):
         fit({"X": gains, "y": [planted_time(r) for r in gains]}, "test")
+    # raw prefill requests alone: overhead, sequence and round trip always together
+    raw = [prefill_row(L) for L in PREFILL_LENGTHS]
+    with pytest.raises(ValueError, match="cannot tell"):
+        fit({"X": raw, "y": [planted_time(r) for r in raw]}, "test")
 
 
 # ---- end to end against a synthetic engine -------------------------------------------------
@@ -132,8 +169,8 @@ class SyntheticEngine:
     included). Its one engine loop runs continuous batching with no token budget and a prefix
     cache of full blocks (never evicted; `caching=False`: none): every waiting request is
     prefilled whole, past its hits, in the next iteration, every running one decodes a token
-    per iteration, and an iteration sleeps the planted model's time for its batch (tokens and
-    attention pairs as the simulator counts them). Iterations end on absolute deadlines, so
+    per iteration, and an iteration sleeps the planted model's time for its batch (tokens,
+    attention pairs and sequences as the simulator counts them). Iterations end on absolute deadlines, so
     wake-up jitter does not accumulate. An idle engine starts its next iteration `gather_s`
     after a request arrives, so requests sent together are batched together."""
 
@@ -230,13 +267,14 @@ class SyntheticEngine:
                 await asyncio.sleep(self.gather_s)
                 deadline = loop.time()
             new, self.waiting = self.waiting, []
+            seqs = len(self.running) + len(new)
             tokens = len(self.running)
             pairs = sum(s["computed"] for s in self.running)
             for s in new:  # m new tokens after h cached ones: m*h + m(m+1)/2 pairs
                 h, m = s["hit"], s["prompt"] - s["hit"]
                 tokens += m
                 pairs += m * h + m * (m + 1) / 2
-            deadline += self.model.iteration_time(tokens, pairs, 0.0)
+            deadline += self.model.iteration_time(tokens, pairs, 0.0, seqs)
             await loop.run_in_executor(None, _sleep_until, deadline)
             self.iterations += 1
             done = []

@@ -266,8 +266,10 @@ def test_calibrate_then_validate_against_the_live_engine(engine, tmp_path):
     profile.save(path)
     loaded = LatencyProfile.load(path)
     # every coefficient is measured, none left at NNLS's zero bound: prefill as cache-hit
-    # differences (the server reports cached tokens), decode at several contexts
+    # differences (the server reports cached tokens) pin the per-token cost, decode at several
+    # batches and contexts the per-sequence and per-pair costs
     assert loaded.overhead_s > 0 and loaded.c_token > 0 and loaded.c_pair > 0
+    assert loaded.c_seq > 0
     assert samples["prefill"] == "cache-hit difference"
     decode = [x for x, kind in zip(samples["X"], samples["kind"], strict=True) if kind == "decode"]
     assert len({x[2] / x[1] for x in decode}) >= 2  # pairs per token: more than one context

@@ -2,20 +2,28 @@
 against that engine on the same trace.
 
 Calibration measures, on one live server, the simulator's iteration time (see
-thundersim.sim.latency) with its memory terms at zero: overhead + c_token * tokens + c_pair *
-attention pairs, where a chunk of m tokens after s cached ones attends to m*s + m(m+1)/2 pairs
-and a decode token to the tokens computed before it.
+thundersim.sim.latency) with its memory terms at zero: overhead + c_seq * sequences + c_token *
+tokens + c_pair * attention pairs, where a chunk of m tokens after s cached ones attends to
+m*s + m(m+1)/2 pairs and a decode token to the tokens computed before it. Each row counts
+(overhead, tokens, pairs, sequences, round trips):
 - prefill: a request of L new prompt tokens and one output token, then the same prompt again,
   which the prefix cache serves but its last partial block (h tokens hit, as the usage
-  reports). Each is one iteration plus one HTTP round trip with the same body, so the
-  difference is the prefill of h tokens alone: h tokens, h(h+1)/2 pairs, no overhead, no round
-  trip (nor the JSON of a body that grows with L, which would pass for a per-token cost). An
-  engine that reports no hits gets raw rows: one iteration plus a round trip, fitted apart.
+  reports). Each is one iteration of one sequence plus one HTTP round trip with the same body,
+  so the difference is the prefill of h tokens alone: h tokens, h(h+1)/2 pairs, no overhead, no
+  sequence, no round trip (nor the JSON of a body that grows with L, which would pass for a
+  per-token cost). An engine that reports no hits gets raw rows: one iteration of one sequence
+  plus a round trip (the three constant together; decode rows tell them apart).
 - decode: B concurrent requests of prompt c generating K tokens, timed at two K to cancel the
-  prefill and the round trip: per iteration B tokens and B times the mean context of the
-  iterations between, c + (K1 + K2 - 3)/2 (decode iteration i attends to c + i - 1 tokens).
-  Decode runs cover several contexts at each batch size: at one context B and B*c move
-  together, so the per-token and per-pair costs of a decode iteration could not be told apart.
+  prefill and the round trip: per iteration B sequences, B tokens and B times the mean context
+  of the iterations between, c + (K1 + K2 - 3)/2 (decode iteration i attends to c + i - 1
+  tokens). Decode runs cover several contexts at each batch size: at one context B and B*c
+  move together, so the per-token and per-pair costs of a decode iteration could not be told
+  apart.
+In a decode row tokens = sequences = B, so decode alone measures only c_token + c_seq: the
+prefill rows (many tokens, one sequence or none) pin c_token, and decode the rest. On the CPU
+vLLM the difference matters: an extra decode sequence costs far more than a prefill token
+(sampling and input preparation per sequence), and a model without c_seq fitted a compromise
+that could put c_token at 0.
 The fit is non-negative least squares, each row weighted by the spread of its repeats (with a
 floor of 1 % of the row), and refuses samples that cannot tell the coefficients apart. The
 `LatencyProfile` it writes has zero memory terms: on the measured engine the compute line
@@ -70,25 +78,40 @@ PREFILL_LENGTHS = (128, 256, 512, 1024, 2048)
 DECODE_BATCHES = (1, 2, 4, 8)
 DECODE_CONTEXTS = (128, 512, 2048)
 
-Row = tuple[float, float, float, float]  # (overhead, tokens, pairs, round trips)
+Row = tuple[float, float, float, float, float]  # (overhead, tokens, pairs, seqs, round trips)
+COLUMNS = ("overhead", "tokens", "pairs", "seqs", "round_trips")
 
 
 def prefill_row(length: int) -> Row:
-    """One raw prefill request of `length` tokens: one iteration plus one round trip (the
-    last column, fitted apart)."""
-    return (1.0, float(length), length * (length + 1) / 2, 1.0)
+    """One raw prefill request of `length` tokens: one iteration of one sequence plus one
+    round trip (the last column, fitted apart)."""
+    return (1.0, float(length), length * (length + 1) / 2, 1.0, 1.0)
 
 
 def prefill_gain_row(hit: int) -> Row:
     """A cold prefill minus the same prompt served from the prefix cache (`hit` tokens): the
-    prefill of `hit` tokens from scratch, no overhead, no round trip."""
-    return (0.0, float(hit), hit * (hit + 1) / 2, 0.0)
+    prefill of `hit` tokens from scratch, no overhead, no sequence (one on either side), no
+    round trip."""
+    return (0.0, float(hit), hit * (hit + 1) / 2, 0.0, 0.0)
 
 
 def decode_row(batch: int, context: int, k1: int, k2: int) -> Row:
     """The mean decode iteration between output lengths k1 and k2 of `batch` requests of
-    `context` prompt tokens."""
-    return (1.0, float(batch), batch * (context + (k1 + k2 - 3) / 2), 0.0)
+    `context` prompt tokens: `batch` sequences of one token each."""
+    return (1.0, float(batch), batch * (context + (k1 + k2 - 3) / 2), float(batch), 0.0)
+
+
+def predict(profile: LatencyProfile, row: Row, http_s: float = 0.0) -> float:
+    """A row's seconds under a calibrated profile (memory terms zero) and round trip."""
+    one, tokens, pairs, seqs, trips = row
+    p = profile
+    return (
+        p.overhead_s * one
+        + p.c_token * tokens
+        + p.c_pair * pairs
+        + p.c_seq * seqs
+        + (http_s * trips)
+    )
 
 
 def decode_design(
@@ -122,9 +145,9 @@ async def measure(
     k2: int = 40,
     repeat: int = 5,
 ) -> dict:
-    """Samples: rows (see prefill_gain_row / prefill_row / decode_row), seconds `y` (median of
-    `repeat`), their standard errors `sd`, each row's `kind` ("prefill" or "decode"), and
-    `prefill` ("cache-hit difference" or "raw")."""
+    """Samples: rows of COLUMNS (see prefill_gain_row / prefill_row / decode_row), seconds `y`
+    (median of `repeat`), their standard errors `sd`, each row's `kind` ("prefill" or
+    "decode"), and `prefill` ("cache-hit difference" or "raw")."""
     backend = VLLMBackend(0, url, TokenBook(vocab=2048, seed=int(time.time())))
     await backend.connect()
     gain: list[tuple[Row, float, float]] = []
@@ -176,12 +199,14 @@ async def measure(
 def fit(samples: dict, source: str) -> LatencyProfile:
     """Weighted non-negative least squares: each row divided by its uncertainty, the standard
     error of its repeats (`sd`) but at least 1 % of the row (without `sd`: 1 %, i.e. relative
-    errors). A column that is zero in every row is left out (its coefficient is 0).
-    ValueError when the rows cannot tell the remaining coefficients apart."""
+    errors). The round-trip column may be zero in every row (then its coefficient is 0); the
+    other four must be measured. ValueError when the rows cannot tell the coefficients apart:
+    decode rows alone, for one, have as many sequences as tokens."""
     X = np.asarray(samples["X"], dtype=float)
     y = np.asarray(samples["y"], dtype=float)
-    if X.ndim != 2 or X.shape[1] != 4 or len(y) != len(X) or not np.isfinite(y).all():
-        raise ValueError("calibration samples need rows of 4 columns and finite times")
+    n_cols = len(COLUMNS)
+    if X.ndim != 2 or X.shape[1] != n_cols or len(y) != len(X) or not np.isfinite(y).all():
+        raise ValueError(f"calibration samples need rows of {n_cols} columns and finite times")
     sd = np.asarray(samples.get("sd", np.zeros_like(y)), dtype=float)
     floor = 0.01 * np.abs(y)
     if (floor <= 0).any():
@@ -192,20 +217,22 @@ def fit(samples: dict, source: str) -> LatencyProfile:
     # Scale columns so NNLS is well conditioned, then undo.
     scale = np.abs(W).max(axis=0)
     W = W / scale
-    if np.linalg.matrix_rank(W) < len(used) or used[:3].tolist() != [0, 1, 2]:
+    if np.linalg.matrix_rank(W) < len(used) or used[:4].tolist() != [0, 1, 2, 3]:
         raise ValueError(
-            "calibration samples cannot tell overhead, per-token and per-pair costs apart: "
-            "measure prefill at several lengths and decode at several batch sizes and contexts"
+            "calibration samples cannot tell overhead, per-token, per-pair and per-sequence "
+            "costs apart: measure prefill at several lengths (a decode row has as many "
+            "sequences as tokens) and decode at several batch sizes and contexts"
         )
     sol, _ = nnls(W, y / sigma)
-    coef = np.zeros(4)
+    coef = np.zeros(n_cols)
     coef[used] = sol / scale
-    samples["http_s"] = float(coef[3])  # raw rows' round trip: the simulator has no HTTP hop
+    samples["http_s"] = float(coef[4])  # raw rows' round trip: the simulator has no HTTP hop
     overhead = max(float(coef[0]), 1e-5)  # a step is never free
     return LatencyProfile(
         overhead_s=overhead,
         c_token=float(coef[1]),
         c_pair=float(coef[2]),
+        c_seq=float(coef[3]),
         m_const=0.0,
         m_expert=0.0,
         m_kv=0.0,
@@ -218,10 +245,7 @@ def calibrate(url: str) -> tuple[LatencyProfile, dict]:
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     profile = fit(samples, source=f"calibrated against {url} at {when}")
     http = samples["http_s"]
-    samples["predicted"] = [
-        profile.overhead_s * x[0] + profile.c_token * x[1] + profile.c_pair * x[2] + http * x[3]
-        for x in samples["X"]
-    ]
+    samples["predicted"] = [predict(profile, x, http) for x in samples["X"]]
     return profile, samples
 
 
@@ -264,6 +288,7 @@ __all__ = [
     "decode_row",
     "fit",
     "measure",
+    "predict",
     "prefill_gain_row",
     "prefill_row",
     "rel_error",
@@ -298,9 +323,7 @@ def validate(
 
     records = []
     for policy in policies:
-        live, capacity, block = asyncio.run(
-            _live_summary(url, specs, policy, concurrency, options)
-        )
+        live, capacity, block = asyncio.run(_live_summary(url, specs, policy, concurrency, options))
         config = RunConfig(
             setup=make_setup(kv_capacity_override=capacity),
             concurrency=concurrency,

@@ -590,23 +590,36 @@ def calibrate_cmd(
     profile.save(out)
     rows = [
         {
+            "kind": kind,
             "tokens": x[1],
             "pairs": x[2],
-            "prefill_request": bool(x[3]),
+            "seqs": x[3],
             "measured_s": y,
             "fitted_s": q,
         }
-        for x, y, q in zip(samples["X"], samples["y"], samples["predicted"], strict=True)
+        for x, kind, y, q in zip(
+            samples["X"], samples["kind"], samples["y"], samples["predicted"], strict=True
+        )
     ]
     if as_json:
-        typer.echo(json.dumps({"profile": str(out), "samples": rows}))
+        result = {"profile": str(out), "prefill": samples["prefill"], "samples": rows}
+        typer.echo(json.dumps(result))
         return
+    # prefill rows are cache-hit differences (a prefill alone) or raw requests (with overhead,
+    # a sequence and a round trip)
+    raw = samples["prefill"] == "raw"
+    prefill = "prefill request" if raw else "prefill (hit difference)"
     for r in rows:
-        kind = "prefill request" if r["prefill_request"] else "decode iteration"
+        kind = prefill if r["kind"] == "prefill" else "decode iteration"
         typer.echo(
-            f"{kind:17s} tokens {r['tokens']:6.0f}  measured {1e3 * r['measured_s']:7.2f} ms"
-            f"  fitted {1e3 * r['fitted_s']:7.2f} ms"
+            f"{kind:24s} tokens {r['tokens']:6.0f}  seqs {r['seqs']:3.0f}"
+            f"  measured {1e3 * r['measured_s']:7.2f} ms  fitted {1e3 * r['fitted_s']:7.2f} ms"
         )
+    p = profile
+    typer.echo(
+        f"profile: overhead {1e3 * p.overhead_s:.3f} ms, {1e6 * p.c_token:.3f} us/token, "
+        f"{1e9 * p.c_pair:.3f} ns/pair, {1e6 * p.c_seq:.3f} us/sequence"
+    )
     typer.echo(f"profile written to {out}")
 
 

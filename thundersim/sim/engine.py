@@ -534,6 +534,8 @@ class SimBackend:
         self.waiting.appendleft(s)
 
     def _iteration_time(self, chunks: list[Seq]) -> float:
+        """One iteration of the decoding requests plus the prefill `chunks`: its tokens,
+        attention pairs, KV read and sequences (each scheduled request once)."""
         tokens = self.n_dec
         dec_ctx = self.dec_base_sum + self.n_dec * self.it
         pairs = float(dec_ctx)
@@ -543,7 +545,7 @@ class SimBackend:
             tokens += m
             pairs += m * s.computed + m * (m + 1) / 2
             kv_read += s.computed
-        return self.latency.iteration_time(tokens, pairs, kv_read)
+        return self.latency.iteration_time(tokens, pairs, kv_read, self.n_dec + len(chunks))
 
     def _commit_iteration(self, chunks: list[Seq]) -> None:
         now = self.env.now

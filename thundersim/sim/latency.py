@@ -2,7 +2,7 @@
 
 One vLLM iteration runs every scheduled token through the model once. Its time is
 
-    t = overhead + max(compute_s, memory_s)
+    t = overhead + c_seq * seqs + max(compute_s, memory_s)
 
     compute_s = (2 * active_params * tokens + 4 * layers * q_dim * attention_pairs) / (flops * MFU)
     memory_s  = (weight bytes read + KV bytes read) / (bandwidth * MBU)
@@ -10,11 +10,16 @@ One vLLM iteration runs every scheduled token through the model once. Its time i
 where `attention_pairs` counts (query, key) pairs: a decode token with context c attends to c
 keys; a prefill chunk of m tokens after s cached ones attends to m*s + m(m+1)/2. For MoE models
 the weight bytes read depend on how many routed experts the batch touches:
-E * (1 - (1 - k/E)^tokens) in expectation, with uniform routing.
+E * (1 - (1 - k/E)^tokens) in expectation, with uniform routing. `seqs` counts the sequences
+scheduled in the iteration (decoding ones and prefill chunks): host-side work per sequence
+(input preparation, sampling, output processing), which overlaps neither the compute nor
+the memory term, so it adds outside their max. The roofline sets c_seq = 0 (its overhead
+lumps a step's CPU work); a calibrated profile measures it.
 
 Both terms are linear in the batch's context sum while the batch composition stays fixed, so a
 run of k pure-decode iterations (every sequence grows by one token per step) has a closed-form
-total time. The engine uses that to skip over iterations in which nothing but decoding happens.
+total time (the per-sequence term is the same in every iteration of it). The engine uses that
+to skip over iterations in which nothing but decoding happens.
 
 The efficiency constants below are named estimates, not fitted to any result; a calibrated
 profile (`LatencyProfile`, measured against a live engine) replaces them.
@@ -45,12 +50,21 @@ DEFAULT_STEP_OVERHEAD_S = 0.002
 # Latency of one small NCCL all-reduce over NVLink (tens of microseconds); tensor parallelism
 # does two per layer (after attention and after the MLP).
 DEFAULT_ALLREDUCE_LATENCY_S = 10e-6  # provenance: estimate — a small NCCL all-reduce over NVLink
+# Host-side cost per scheduled sequence in the roofline: none. The roofline's step overhead
+# (DEFAULT_STEP_OVERHEAD_S) already lumps a step's CPU work whatever its batch, and on a GPU
+# vLLM V1 prepares the next batch while the current one runs; 0 also keeps every roofline result
+# as it was before the term existed. Calibration measures it on a live engine (on the CPU vLLM
+# it is far from 0: sampling and input preparation run on the same cores as the model).
+# provenance: estimate — no per-sequence host cost beyond the step overhead; calibrate measures it
+ROOFLINE_SEQ_COST_S = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class LatencyProfile:
-    """Coefficients of the two linear forms of the roofline, plus a fixed overhead.
+    """Coefficients of the two linear forms of the roofline, plus a fixed overhead and a
+    host-side cost per scheduled sequence (outside the max):
 
+    t         = overhead_s + c_seq * seqs + max(compute_s, memory_s)
     compute_s = c_token * tokens + c_pair * attention_pairs
     memory_s  = m_const + m_expert * expected_experts_touched + m_kv * kv_tokens_read
     A calibrated profile from a live engine has the same shape, so the simulator treats both
@@ -65,6 +79,8 @@ class LatencyProfile:
     m_kv: float  # seconds to read one cached token's KV
     n_experts: int = 0  # provenance: definition — 0 = a dense model
     experts_per_token: int = 0  # provenance: definition — none for a dense model
+    # seconds per sequence scheduled in an iteration (sampling, input preparation)
+    c_seq: float = 0.0  # provenance: definition — 0 = no such term (older profiles load so)
     source: str = "roofline"
 
     def save(self, path: str | Path) -> None:
@@ -118,6 +134,7 @@ def roofline_profile(
         m_kv=setup.kv_bytes_per_token / bw,
         n_experts=model.n_experts,
         experts_per_token=model.experts_per_token,
+        c_seq=ROOFLINE_SEQ_COST_S,
         source=f"roofline({setup.name}, mfu={mfu}, mbu={mbu})",
     )
 
@@ -143,19 +160,20 @@ class LatencyModel:
                 self._experts_cache[tokens] = hit
         return hit
 
-    def iteration_time(self, tokens: int, pairs: float, kv_read: float) -> float:
-        """Seconds for one iteration that runs `tokens` tokens attending to `pairs` (q, k)
-        pairs and reading `kv_read` cached tokens' KV. Never 0 for a non-empty batch: the
-        overhead keeps the clock moving."""
+    def iteration_time(self, tokens: int, pairs: float, kv_read: float, seqs: int) -> float:
+        """Seconds for one iteration of `seqs` sequences that runs `tokens` tokens attending
+        to `pairs` (q, k) pairs and reading `kv_read` cached tokens' KV. Never 0 for a
+        non-empty batch: the overhead keeps the clock moving."""
         p = self.p
         compute = p.c_token * tokens + p.c_pair * pairs
         memory = p.m_const + p.m_expert * self.experts_touched(tokens) + p.m_kv * kv_read
-        return p.overhead_s + (max(memory, compute))
+        # (overhead + 0.0 * seqs) is overhead exactly: with c_seq = 0 nothing changes by a bit
+        return (p.overhead_s + p.c_seq * seqs) + (max(memory, compute))
 
     # ---- runs of pure-decode iterations ----------------------------------------------------
     def _decode_lines(self, n: int, ctx0: int) -> tuple[float, float, float, float]:
         """Iteration j of a decode run (n sequences, context sum ctx0 at j = 0) costs
-        overhead + max(ac + bc*j, am + bm*j)."""
+        overhead + c_seq * n + max(ac + bc*j, am + bm*j)."""
         p = self.p
         ac = p.c_token * n + p.c_pair * ctx0
         bc = p.c_pair * n
@@ -169,7 +187,8 @@ class LatencyModel:
         if k <= 0:
             return 0.0
         ac, bc, am, bm = self._decode_lines(n, ctx0)
-        total = self.p.overhead_s * k
+        p = self.p
+        total = (p.overhead_s + p.c_seq * n) * k  # the n sequences' host-side cost, per step
         # compute - memory = da + db*j is linear in j, so it changes sign at most once: find the
         # cut c and sum each line as an arithmetic series on its side of it.
         da, db = ac - am, bc - bm
