@@ -7,6 +7,12 @@ tokens), calibrates the latency model against it, then runs the first N programs
 coding trace (tokens x 0.05, tool times x 0.05) live and simulated, for vllm and stp, and prints
 the relative error of throughput, KV hit rate and preemptions (target: throughput and hit rate
 within 15 %). Needs `make vllm`.
+
+Calibration and validation are separate data: the profile (overhead, per-token, per-pair and
+per-sequence cost) is fitted to microbenchmarks of single prefills and decode batches only,
+never to the trace runs it is then compared on. Each record carries `throughput_metric`
+("whole_run": both sides run the same finite trace and are measured whole). The JSON keeps the
+fitted profile beside the records.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from engine_adapters.local import LocalEngines
@@ -49,15 +56,20 @@ def main() -> None:
                 f"# {len(specs)} programs, first {args.concurrency} need {demand} KV tokens "
                 f"at their peak; the pool holds {capacity}"
             )
-            profile, _ = calibrate(url)
+            profile, samples = calibrate(url)
             print(
                 f"# profile: overhead {1e3 * profile.overhead_s:.2f} ms, "
-                f"{1e6 * profile.c_token:.2f} us/token, {1e9 * profile.c_pair:.2f} ns/pair"
+                f"{1e6 * profile.c_token:.2f} us/token, {1e9 * profile.c_pair:.2f} ns/pair, "
+                f"{1e6 * profile.c_seq:.2f} us/sequence ({samples['prefill']} prefill rows)"
             )
             setup = (
                 f"{len(specs)} swe programs (tokens x {args.token_scale}, times x "
                 f"{args.time_scale}), {args.concurrency} at once needing {demand} KV tokens at "
-                f"their peak against a {capacity}-token pool; tiny CPU vLLM, calibrated profile"
+                f"their peak against a {capacity}-token pool; tiny CPU vLLM, calibrated profile. "
+                "Calibration (microbenchmarks of single prefills and decode batches) and "
+                "validation (the trace runs, live and simulated) are separate data: the profile "
+                "is fitted to the former only. Throughput is measured whole-run on both sides "
+                "(the same finite trace)"
             )
             records = validate(
                 url,
@@ -67,7 +79,8 @@ def main() -> None:
                 PolicyOptions(tick_interval=0.5, decay="none"),
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"setup": setup, "records": records}, indent=2) + "\n")
+    result = {"setup": setup, "profile": asdict(profile), "records": records}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'policy':6s} {'metric':26s} {'sim':>10s} {'live':>10s} {'error':>8s}")
     for r in records:
         err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f}%"
