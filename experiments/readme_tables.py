@@ -139,19 +139,32 @@ TABLES: tuple[Table, ...] = (
             Col("steps/min (whole run)", "throughput_steps_per_min", fmt=",.0f"),
         ),
     ),
+    # README "Results so far": starvation under a burst (experiments/fairness_burst.py)
+    Table(
+        name="fairness_burst",
+        source="experiments/results/fairness_burst.json",
+        json_records="records",
+        columns=(
+            Col("policy", "policy", template="`{}`"),
+            Col("steps/min (whole run)", "throughput_steps_per_min", fmt=",.0f"),
+            Col("small: wait p50 / p99 (s)", ("small_p50_s", "small_p99_s"), fmt=(",.1f", ",.0f")),
+            Col("large: wait p50 / p99 (s)", ("large_p50_s", "large_p99_s"), fmt=(",.1f", ",.0f")),
+            Col("large: max (s)", "large_max_s", fmt=",.0f"),
+        ),
+    ),
     # README "Live mode": the simulator against a real vLLM after calibration
     Table(
         name="live_fidelity",
         source="experiments/results/live_fidelity.json",
         json_records="records",
-        where={"metric": ("throughput_whole_run_steps_per_min", "kv_hit_rate")},
+        where={"metric": ("throughput_steps_per_min", "kv_hit_rate")},
         columns=(
             Col("policy", "policy", template="`{}`"),
             Col(
                 "metric",
                 "metric",
                 labels={
-                    "throughput_whole_run_steps_per_min": "throughput, whole run (steps/min)",
+                    "throughput_steps_per_min": "throughput, whole run (steps/min)",
                     "kv_hit_rate": "KV hit rate",
                 },
             ),
