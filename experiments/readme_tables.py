@@ -84,6 +84,15 @@ def _lab_columns() -> tuple[Col, ...]:
     )
 
 
+# The two-replica tables' metrics (own_replicas and own_replicas_aware share them).
+REPLICA_METRICS = (
+    Col("steps/min", "throughput_steps_per_min", fmt=",.0f"),
+    Col("hit %", "kv_hit_rate", fmt="pct"),
+    Col("preemptions", "preemptions", fmt=",.0f"),
+    Col("imbalance peak", "mem_imbalance_peak", fmt=".2f"),
+    Col("> 20 %", "mem_imbalance_frac_over_20pct", fmt="%"),
+)
+
 TABLES: tuple[Table, ...] = (
     # README "Results so far": every policy on one replica (the policy-lab setup is the fig4a
     # setup, which is own_policies'), throughput / hit rate by parallel programs, TTFR p99 at 96
@@ -102,11 +111,7 @@ TABLES: tuple[Table, ...] = (
         order=("least_loaded", "round_robin", "sticky", "cache_aware"),
         columns=(
             Col("policy", "router", template="`vllm` + `{}`"),
-            Col("steps/min", "throughput_steps_per_min", fmt=",.0f"),
-            Col("hit %", "kv_hit_rate", fmt="pct"),
-            Col("preemptions", "preemptions", fmt=",.0f"),
-            Col("imbalance peak", "mem_imbalance_peak", fmt=".2f"),
-            Col("> 20 %", "mem_imbalance_frac_over_20pct", fmt="%"),
+            *REPLICA_METRICS,
         ),
     ),
     # ... and the program-aware policies on the same setup
@@ -117,11 +122,7 @@ TABLES: tuple[Table, ...] = (
         order=("lru", "continuum", "stp", "stp_fair", "stp_exact", "stp_tool"),
         columns=(
             Col("policy", "policy", template="`{}`"),
-            Col("steps/min", "throughput_steps_per_min", fmt=",.0f"),
-            Col("hit %", "kv_hit_rate", fmt="pct"),
-            Col("preemptions", "preemptions", fmt=",.0f"),
-            Col("imbalance peak", "mem_imbalance_peak", fmt=".2f"),
-            Col("> 20 %", "mem_imbalance_frac_over_20pct", fmt="%"),
+            *REPLICA_METRICS,
         ),
     ),
     # README "Tool environments": none / gc / gc+prefetch on the bundled swe and openhands traces

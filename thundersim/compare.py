@@ -20,7 +20,7 @@ from thundersim.metrics import STP_TERMS
 from thundersim.policy import PolicyOptions
 from thundersim.simulate import RunConfig, simulate
 from thundersim.trace import load_trace
-from thundersim.window import STEADY, IncomparableRuns
+from thundersim.window import check_table, window_columns
 
 COLUMNS = [
     "policy",
@@ -29,7 +29,8 @@ COLUMNS = [
     "replicas",
     "throughput_steps_per_min",
     "throughput_metric",
-    "throughput_window_s",
+    "throughput_window_start_s",
+    "throughput_window_end_s",
     "throughput_steady_steps_per_min",
     "throughput_whole_run_steps_per_min",
     "kv_hit_rate",
@@ -69,7 +70,7 @@ def row(point: Point, summary: dict) -> dict:
         "replicas": summary["replicas"],
         "throughput_steps_per_min": summary["throughput_steps_per_min"],
         "throughput_metric": summary["throughput_metric"],
-        "throughput_window_s": "-".join(f"{x:.0f}" for x in summary["throughput_window_s"]),
+        **window_columns(summary),
         "throughput_steady_steps_per_min": summary["throughput_steady_steps_per_min"],
         "throughput_whole_run_steps_per_min": summary["throughput_whole_run_steps_per_min"],
         "kv_hit_rate": summary["kv_hit_rate"],
@@ -151,16 +152,7 @@ def run_grid(
     jobs = [(trace, pt, config, options) for pt in points]
     interrupted = pool_map(run_point, jobs, workers, keep)
     table = pd.DataFrame([rows[i] for i in sorted(rows)], columns=COLUMNS)
-    check_rows_comparable(table)
+    # the grid shares one config: this holds unless the window code breaks
+    check_table(table.to_dict("records"), "grid rows")
     return table, interrupted
 
-
-def check_rows_comparable(table: pd.DataFrame) -> None:
-    """Every row measured by one definition (thundersim.window): one kind, and one window for
-    steady rows. The grid shares one config, so this holds unless the window code breaks."""
-    if table.empty:
-        return
-    kinds = set(table.throughput_metric)
-    windows = set(table.throughput_window_s[table.throughput_metric == STEADY])
-    if len(kinds) > 1 or len(windows) > 1:
-        raise IncomparableRuns(f"grid rows measured differently: kinds {kinds}, windows {windows}")

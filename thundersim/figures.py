@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 from thundersim.provenance import fitted_specs  # noqa: E402
 from thundersim.readings import report_reading  # noqa: E402
 from thundersim.sweep import ROOT, Spec, SweepResult, load_spec, read_table, run_sweeps  # noqa: E402
-from thundersim.window import STEADY, check_comparable  # noqa: E402
+from thundersim.window import STEADY, check_table  # noqa: E402
 
 SPEC_DIR = ROOT / "experiments" / "specs"
 SIM_KINDS = ("line", "timeline", "disk", "prep", "breakdown", "table")
@@ -150,16 +150,7 @@ def _check_one_definition(spec: Spec, table: pd.DataFrame) -> str:
     one over one window (thundersim.window)."""
     if table.empty or "throughput_metric" not in table:
         return ""
-    summaries = [
-        {
-            "policy": r.get("policy"),
-            "concurrency": r.get("concurrency"),
-            "throughput_metric": r["throughput_metric"],
-            "throughput_window_s": [r["throughput_window_start_s"], r["throughput_window_end_s"]],
-        }
-        for r in table.to_dict("records")
-    ]
-    kind = check_comparable(summaries, f"{spec.path.name}: the points of {spec.name}")
+    kind = check_table(table.to_dict("records"), f"{spec.path.name}: the points of {spec.name}")
     if kind[0] == STEADY:
         return (
             f"Throughput of every point: steps completed in [{kind[1]:,.0f}, {kind[2]:,.0f}] s "

@@ -35,6 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 from thundersim.trace import TraceError
+from thundersim.window import window_columns
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -261,9 +262,8 @@ def flat_row(point: dict, summary: dict) -> dict:
             for kk, vv in v.items():
                 if isinstance(vv, int | float | str | bool) or vv is None:
                     row[f"{k}.{kk}"] = vv
-    window = summary.get("throughput_window_s")
-    if window:  # the window the row's throughput was measured over (thundersim.window)
-        row["throughput_window_start_s"], row["throughput_window_end_s"] = window
+    if summary.get("throughput_window_s"):  # the window its throughput was measured over
+        row.update(window_columns(summary))
     b = summary.get("step_breakdown_mean_s") or {}
     parts = [b.get(k) for k in ("hold_s", "queue_s", "prefill_s", "decode_s")]
     # per-step LLM latency: from the call being ready to its last token (the tool excluded)

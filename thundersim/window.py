@@ -120,3 +120,29 @@ def check_comparable(summaries: Iterable[Mapping], what: str = "runs") -> tuple:
             "give every run the same --horizon/--warmup, or none"
         )
     return next(iter(seen), (WHOLE_RUN,))
+
+
+def window_columns(summary: Mapping) -> dict:
+    """The flat-row columns of a summary's window, as compare and sweep tables carry them."""
+    start, end = summary["throughput_window_s"]
+    return {"throughput_window_start_s": start, "throughput_window_end_s": end}
+
+
+def check_table(rows: Iterable[Mapping], what: str = "rows") -> tuple:
+    """check_comparable for table rows (compare or sweep): each row has throughput_metric and
+    the window_columns."""
+    return check_comparable(
+        (
+            {
+                "policy": r.get("policy"),
+                "concurrency": r.get("concurrency"),
+                "throughput_metric": r["throughput_metric"],
+                "throughput_window_s": [
+                    r["throughput_window_start_s"],
+                    r["throughput_window_end_s"],
+                ],
+            }
+            for r in rows
+        ),
+        what,
+    )
