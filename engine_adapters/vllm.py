@@ -310,8 +310,10 @@ class VLLMBackend:
                 else:
                     raw = await resp.read()
                     data, first = json.loads(raw), None
-        except _RETRYABLE + (aiohttp.ClientError,) as exc:
-            # Broken mid-response: hand the call back (a client stream gets an error event).
+        except _RETRYABLE + (aiohttp.ClientError, ValueError, KeyError, IndexError) as exc:
+            # Broken mid-response (cut, truncated, or not the JSON the API promises): hand the
+            # call back (a client stream gets an error event). Uncaught, the call's task would
+            # end without an answer and its program would wait forever.
             if fwd is not None and fwd.sink is not None:
                 fwd.sink.put_nowait(_event({"error": {"message": f"upstream failed: {exc!r}"}}))
                 fwd.sink.put_nowait(None)
@@ -353,6 +355,9 @@ class VLLMBackend:
                 sink.put_nowait(b"data: " + payload + b"\n\n")
             elif chunk.get("choices"):
                 ids.extend(chunk["choices"][0].get("token_ids") or ())
+        else:
+            # EOF without [DONE]: a server killed mid-answer can close the stream cleanly
+            raise aiohttp.ClientPayloadError("stream ended before [DONE]")
         if sink is not None:
             sink.put_nowait(None)
         return {"usage": usage, "token_ids": ids}, first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 from hypothesis import settings
@@ -18,6 +19,25 @@ from thundersim.trace import EnvSpec, ProgramSpec, StepSpec
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Refuse to run when `--dist loadgroup` has lost its groups. xdist groups by appending
+    `@group` to each marked test's node id; some pytest versions silently undo that
+    (pytest-xdist#1386), and then two real vLLM servers run side by side on 2 cores, starve each
+    other, and the timing and fault tests fail for reasons that are not theirs."""
+    # on a worker, xdist turns `--dist loadgroup` into this option
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "loadgroup", False):
+        return
+    lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        msg = (
+            f"--dist loadgroup is not grouping ({len(lost)} marked tests without '@group', e.g. "
+            f"{lost[0]}): this pytest breaks pytest-xdist's loadgroup; install the pinned one"
+        )
+        sys.stderr.write(msg + "\n")  # a worker's exception reaches the terminal only as a crash
+        raise pytest.UsageError(msg)
 
 
 def make_program(

@@ -1,0 +1,82 @@
+"""VLLMBackend against a fake OpenAI-compatible server that breaks its answers the ways a dying
+engine does: every call ends (answered or handed back), none is left in flight forever."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+
+from engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.backend import Request
+
+CHUNK = json.dumps({"choices": [{"index": 0, "text": "", "token_ids": [7]}]}).encode()
+
+
+def _app(mode: str) -> web.Application:
+    async def health(request):
+        return web.Response(text="ok")
+
+    async def models(request):
+        return web.json_response({"data": [{"id": "fake"}]})
+
+    async def metrics(request):
+        text = 'vllm:cache_config_info{block_size="16",num_gpu_blocks="64"} 1.0\n'
+        return web.Response(text=text)
+
+    async def completions(request):
+        body = await request.json()
+        if mode == "not-json":
+            return web.Response(text="<html>proxy error</html>", content_type="text/html")
+        assert body["stream"]
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: " + CHUNK + b"\n\n")
+        if mode == "truncated":  # killed in the middle of writing an event
+            await resp.write(b"data: " + CHUNK[: len(CHUNK) // 2])
+        # "no-done": the stream closes cleanly with neither usage nor [DONE]
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/v1/completions", completions)
+    return app
+
+
+@pytest.mark.parametrize("mode", ["truncated", "no-done", "not-json"])
+def test_a_broken_answer_hands_the_call_back_instead_of_leaving_it_in_flight(mode):
+    async def main():
+        runner = web.AppRunner(_app(mode))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        failed: asyncio.Future = asyncio.get_running_loop().create_future()
+        done: list = []
+        backend = VLLMBackend(
+            0,
+            f"http://127.0.0.1:{port}",
+            TokenBook(1000),
+            retries=0,
+            stream=mode != "not-json",
+            on_failure=lambda req, exc: failed.set_result((req, exc)),
+        )
+        try:
+            await backend.connect()
+            req = Request("p", 0, prompt_tokens=20, output_tokens=4)
+            backend.submit(req, done.append)
+            got, exc = await asyncio.wait_for(failed, 10)
+            return req, got, exc, done, backend
+        finally:
+            await backend.close()
+            await runner.cleanup()
+
+    req, got, exc, done, backend = asyncio.run(main())
+    assert got is req and not done  # handed back, not reported as a completed call
+    assert backend.failed_calls == 1 and backend.in_flight == 0
+    if mode == "no-done":
+        assert "[DONE]" in str(exc)
