@@ -1,4 +1,4 @@
-"""Holds N TCP ports on 127.0.0.1 for a sandbox: `python -m engine_adapters.port_holder N`.
+"""Holds N TCP ports on 127.0.0.1 for a sandbox: `python -m thundersim.engine_adapters.port_holder N`.
 
 Binds and listens on N ephemeral ports, prints `{"ports": [...]}` on one line, then waits until
 its stdin closes: the sandbox closes it on teardown, and the OS closes it when the parent dies,

@@ -1,4 +1,4 @@
-"""Real tool environments for live runs: the EnvProvider contract of thundersim.envs.
+"""Real tool environments for live runs: the EnvProvider contract of thundersim.core.envs.
 
 `LocalSandbox` makes, per environment:
 - a directory under its root holding real files of the environment's disk size (x disk_scale, so a
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thundersim.trace import EnvSpec
+from thundersim.traces.schema import EnvSpec
 
 _CHUNK = 1 << 20  # files are written in 1 MiB pieces
 
@@ -138,7 +138,7 @@ class LocalSandbox:
 
 def _hold_ports(n: int) -> tuple[subprocess.Popen, list[int]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine_adapters.port_holder", str(n)],
+        [sys.executable, "-m", "thundersim.engine_adapters.port_holder", str(n)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import aiohttp
 import numpy as np
 
-from thundersim.backend import EngineStats, Forward, Request, Usage
+from thundersim.core.backend import EngineStats, Forward, Request, Usage
 
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+([-+0-9.eEinfNa]+)")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from thundersim.figures import regenerate
+from thundersim.lab.figures import regenerate
 
 
 def main() -> None:

@@ -23,10 +23,11 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from engine_adapters.local import LocalEngines
-from thundersim.calibrate import calibrate, validate
-from thundersim.policy import PolicyOptions
-from thundersim.trace import load_trace, scale_trace
+from thundersim.engine_adapters.local import LocalEngines
+
+from thundersim.core.policy import PolicyOptions
+from thundersim.live.calibrate import calibrate, validate
+from thundersim.traces.loader import load_trace, scale_trace
 
 
 def main() -> None:

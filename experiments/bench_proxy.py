@@ -156,7 +156,7 @@ def main() -> None:
             procs.append(subprocess.Popen([sys.executable, __file__, "--stub-engine", "8391"]))
             wait_up(engine_url, procs[-1])
         else:
-            from engine_adapters.local import LocalEngines
+            from thundersim.engine_adapters.local import LocalEngines
 
             engines = LocalEngines(port=8391, workdir=Path(tempfile.mkdtemp()) / "engines")
             engine_url = engines.start()[0].url

@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from policies import make_policy
-from thundersim.simulate import RunConfig, simulate
-from thundersim.trace import load_trace
+from thundersim.policies import make_policy
+
+from thundersim.sim.simulate import RunConfig, simulate
+from thundersim.traces.loader import load_trace
 
 
 def timed(specs, policy, concurrency, skip_ahead=True):

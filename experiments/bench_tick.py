@@ -17,16 +17,16 @@ import time
 
 import numpy as np
 import simpy
+from thundersim.policies import make_policy
 
-from policies import make_policy
-from thundersim.cluster import Cluster
-from thundersim.driver import SimClock
-from thundersim.policy import Policy, PolicyOptions
-from thundersim.program import Phase, Program, Status
+from thundersim.core.cluster import Cluster
+from thundersim.core.policy import Policy, PolicyOptions
+from thundersim.core.program import Phase, Program, Status
 from thundersim.sim.catalog import make_setup
+from thundersim.sim.driver import SimClock
 from thundersim.sim.engine import SimBackend
 from thundersim.sim.latency import LatencyModel, roofline_profile
-from thundersim.workloads import swe
+from thundersim.traces.workloads import swe
 
 
 def build(n: int, seed: int = 0):

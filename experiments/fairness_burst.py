@@ -21,11 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from thundersim.policies import make_policy
 
-from policies import make_policy
-from thundersim.policy import PolicyOptions
-from thundersim.simulate import RunConfig, simulate
-from thundersim.workloads import swe
+from thundersim.core.policy import PolicyOptions
+from thundersim.sim.simulate import RunConfig, simulate
+from thundersim.traces.workloads import swe
 
 SMALL, LARGE = 1400, 8000  # first-prompt sizes of the reported case (tokens, before the prefix)
 

@@ -67,6 +67,7 @@ def _order(points: dict, metric: str, x: str) -> list[str]:
 def _flipped(old: dict, new: dict, metric: str, x: str) -> list[tuple[str, str]]:
     """Pairs of series that one side ranks clearly one way and the other clearly the other way
     (each side's gap above TIE)."""
+
     def side(points):
         return {s: v for (m, s, xx), v in points.items() if m == metric and xx == x}
 
@@ -113,7 +114,10 @@ def changes(rev: str, root: Path = ROOT) -> str:
             lines += [f"New at this revision (no table at `{rev}`).", ""]
             continue
         old = _points(spec, old_t)
-        lines += ["| metric | series | x | then | now | change | flags |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| metric | series | x | then | now | change | flags |",
+            "|---|---|---|---|---|---|---|",
+        ]
         flagged = 0
         for key in sorted(set(old) | set(new), key=lambda k: (k[0], k[2], k[1])):
             metric, series, x = key

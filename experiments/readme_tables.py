@@ -9,7 +9,7 @@ Each result table of the README is a generated block between two markers:
 rendered from one results file (figures/data/*.csv written by `thundersim figures`,
 experiments/results/*.json written by the benchmarks) by the declarative definition NAME in
 TABLES below: which file, which rows, which columns, how each cell is formatted (the formats of
-thundersim/readings.py: `%`, `pct`, `x2`, `TB`, `,.0f`...).
+thundersim/lab/readings.py: `%`, `pct`, `x2`, `TB`, `,.0f`...).
 
     python experiments/readme_tables.py           # rewrite every block in place
     python experiments/readme_tables.py --check   # exit 1 listing the stale or missing blocks
@@ -31,7 +31,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from thundersim.readings import format_value  # noqa: E402
+from thundersim.lab.readings import format_value  # noqa: E402
 
 README = ROOT / "README.md"
 

@@ -1,10 +1,10 @@
-"""Scheduling policies, one per module, each written only against thundersim.policy.
+"""Scheduling policies, one per module, each written only against thundersim.core.policy.
 
 Find the one to change by its name: policies/<name>.py; routers in policies/routers/<name>.py.
 `registry.make_policy(name, options)` builds one; `thundersim policies` lists them.
 """
 
-from policies.registry import (
+from thundersim.policies.registry import (
     REGISTRY,
     ROUTERS,
     discover,

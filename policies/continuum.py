@@ -37,8 +37,9 @@ express, so this port stands in for it with FIFO admission of programs whose con
 
 from __future__ import annotations
 
-from policies.registry import register
-from thundersim.policy import (
+from thundersim.policies.registry import register
+
+from thundersim.core.policy import (
     ClusterView,
     Decision,
     Pin,
@@ -48,7 +49,7 @@ from thundersim.policy import (
     active_loads,
     most_room,
 )
-from thundersim.program import ProgramView, Status
+from thundersim.core.program import ProgramView, Status
 
 
 @register

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from policies.registry import register
-from thundersim.policy import (
+from thundersim.policies.registry import register
+
+from thundersim.core.policy import (
     ClusterView,
     Decision,
     Pause,
@@ -13,7 +14,7 @@ from thundersim.policy import (
     active_loads,
     most_room,
 )
-from thundersim.program import Phase, ProgramView, Status
+from thundersim.core.program import Phase, ProgramView, Status
 
 
 @register

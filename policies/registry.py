@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-from thundersim.policy import Policy, PolicyOptions, Router
+from thundersim.core.policy import Policy, PolicyOptions, Router
 
 REGISTRY: dict[str, type[Policy]] = {}
 ALIASES: dict[str, str] = {}  # alternative name -> registered name

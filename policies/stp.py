@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 
-from policies.registry import register
-from thundersim.policy import (
+from thundersim.policies.registry import register
+
+from thundersim.core.policy import (
     ClusterView,
     Decision,
     Pause,
@@ -33,7 +34,7 @@ from thundersim.policy import (
     most_room,
     parse_decay,
 )
-from thundersim.program import Phase, ProgramView, Status
+from thundersim.core.program import Phase, ProgramView, Status
 
 
 @register

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
+from thundersim.policies.registry import register
+from thundersim.policies.stp import STP
 
-from policies.registry import register
-from policies.stp import STP
-from thundersim.program import Phase, ProgramView
+from thundersim.core.program import Phase, ProgramView
 
 
 def min_square_cover(sizes: list[float], need: float) -> list[int]:

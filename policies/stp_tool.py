@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import bisect
 
-from policies.registry import register
-from policies.stp import STP
-from thundersim.policy import ClusterView, Decision, PolicyOptions
-from thundersim.program import ProgramView
+from thundersim.policies.registry import register
+from thundersim.policies.stp import STP
+
+from thundersim.core.policy import ClusterView, Decision, PolicyOptions
+from thundersim.core.program import ProgramView
 
 
 @register

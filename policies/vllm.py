@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from policies.registry import make_router, register
-from thundersim.policy import ClusterView, Decision, Policy, Restore, Route
-from thundersim.program import ProgramView, Status
+from thundersim.policies.registry import make_router, register
+
+from thundersim.core.policy import ClusterView, Decision, Policy, Restore, Route
+from thundersim.core.program import ProgramView, Status
 
 
 @register

@@ -7,12 +7,13 @@ import sys
 
 import pytest
 from hypothesis import settings
+from thundersim.policies import make_policy
 
-from policies import make_policy
-from thundersim.policy import PolicyOptions
+from thundersim.core.policy import PolicyOptions
+from thundersim.metrics.results import RunResult
 from thundersim.sim.catalog import make_setup
-from thundersim.simulate import RunConfig, RunResult, simulate
-from thundersim.trace import EnvSpec, ProgramSpec, StepSpec
+from thundersim.sim.simulate import RunConfig, simulate
+from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec
 
 # Property tests draw the same examples on every run (CI must not flake on a rare draw);
 # HYPOTHESIS_PROFILE=explore searches new examples each run.
@@ -112,7 +113,7 @@ class StubBackend:
     at once, or only when told). Stats are an idle pool."""
 
     def __init__(self, name: str = "stub", capacity_tokens: int = 1_000_000):
-        from thundersim.backend import EngineStats
+        from thundersim.core.backend import EngineStats
 
         self.index, self.name, self.alive, self.model = 0, name, True, f"{name}-model"
         self.capacity_tokens = capacity_tokens

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from thundersim.calibrate import (
+from thundersim.live.calibrate import (
     DECODE_BATCHES,
     DECODE_CONTEXTS,
     PREFILL_LENGTHS,

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from thundersim.policies import registry
 from typer.testing import CliRunner
 
-from policies import registry
 from thundersim.cli import app
 from thundersim.sim.catalog import GPUS
-from thundersim.trace import load_trace
+from thundersim.traces.loader import load_trace
 
 runner = CliRunner()
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from thundersim.policy import Pause, Policy, PolicyError, Restore, Route
-from thundersim.program import Status
+from thundersim.core.policy import Pause, Policy, PolicyError, Restore, Route
+from thundersim.core.program import Status
 from thundersim.sim.catalog import make_setup
-from thundersim.simulate import RunConfig, simulate
+from thundersim.sim.simulate import RunConfig, simulate
 
 from .conftest import make_program
 

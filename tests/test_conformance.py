@@ -1,6 +1,6 @@
 """Conformance: what every registered policy must do, whatever else it does.
 
-The suite is parametrised over `policies.names()`, so a new module in policies/ is checked as
+The suite is parametrised over `thundersim.policies.names()`, so a new module in policies/ is checked as
 soon as it registers itself. Each policy runs a small trace under real memory pressure (sixteen
 programs sharing a system prompt, KV capacity per replica about 3.5x the largest final context)
 on one and on two replicas; policies that place calls through a router run with every router on
@@ -28,13 +28,14 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from thundersim.policies import make_policy, names, router_names
+from thundersim.policies.registry import ALIASES, REGISTRY, ROUTERS, describe, discover
 
-from policies import make_policy, names, router_names
-from policies.registry import ALIASES, REGISTRY, ROUTERS, describe, discover
-from thundersim.policy import Pause, Pin, PolicyOptions, Restore, Route, Router
-from thundersim.program import Status
+from thundersim.core.policy import Pause, Pin, PolicyOptions, Restore, Route, Router
+from thundersim.core.program import Status
+from thundersim.metrics.results import RunResult
 from thundersim.sim.catalog import make_setup
-from thundersim.simulate import RunConfig, RunResult, simulate
+from thundersim.sim.simulate import RunConfig, simulate
 
 from .conftest import make_program
 

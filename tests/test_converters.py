@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import make_program, run_sim
 from thundersim.cli import app
-from thundersim.converters import (
+from thundersim.live.driver import write_live_log
+from thundersim.traces.converters import (
     CHARS_PER_TOKEN,
     CONVERTERS,
     convert,
@@ -29,8 +30,8 @@ from thundersim.converters import (
     swe_agent,
     thundersim_live,
 )
-from thundersim.live import write_live_log
-from thundersim.trace import EnvSpec, ProgramSpec, StepSpec, TraceError, dump_trace, load_trace
+from thundersim.traces.loader import dump_trace, load_trace
+from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec, TraceError
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "convert"
 SWE_TRAJS = [FIX / "django__django-11099.traj", FIX / "astropy__astropy-12907.traj"]
@@ -296,7 +297,7 @@ def test_live_log_reconstructs_programs():
 
 
 def test_live_log_fields_are_the_simulator_step_columns_where_they_overlap():
-    from thundersim.metrics import STEP_COLUMNS
+    from thundersim.metrics.recorder import STEP_COLUMNS
 
     shared = set(thundersim_live.LIVE_LOG_FIELDS) & set(STEP_COLUMNS)
     assert shared == {

@@ -6,7 +6,7 @@ import math
 
 import simpy
 
-from thundersim.backend import Request
+from thundersim.core.backend import Request
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.engine import SimBackend
 from thundersim.sim.latency import LatencyModel, LatencyProfile, roofline_profile
@@ -170,9 +170,9 @@ def test_a_queue_blocked_for_good_is_reported_not_simulated_forever():
     deadlock the run reports (here: every block pinned by a policy that pins forever)."""
     import pytest
 
-    from thundersim.policy import Pin, Policy, Restore
+    from thundersim.core.policy import Pin, Policy, Restore
     from thundersim.sim.catalog import make_setup
-    from thundersim.simulate import RunConfig, simulate
+    from thundersim.sim.simulate import RunConfig, simulate
 
     class PinForever(Policy):
         name = "pin_forever"

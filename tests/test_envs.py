@@ -15,14 +15,14 @@ import pytest
 import simpy
 from hypothesis import given
 from hypothesis import strategies as st
+from thundersim.engine_adapters.sandbox import LocalSandbox, docker_available
+from thundersim.policies import make_policy
 
-from engine_adapters.sandbox import LocalSandbox, docker_available
-from policies import make_policy
-from thundersim.driver import SimClock
-from thundersim.envs import EnvLimits, EnvManager
-from thundersim.policy import Policy, PolicyOptions
+from thundersim.core.envs import EnvLimits, EnvManager
+from thundersim.core.policy import Policy, PolicyOptions
+from thundersim.sim.driver import SimClock
 from thundersim.sim.sandbox import PREP_REF_K, SimSandbox, contended_prep, prep_seconds
-from thundersim.trace import EnvSpec, ProgramSpec, StepSpec
+from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec
 
 from .conftest import StubBackend, run_sim
 
@@ -249,14 +249,14 @@ class _Watch(Policy):
 
     def on_request(self, view, program):
         self.seen.append(("request", program.env_ready))
-        from thundersim.policy import Restore
+        from thundersim.core.policy import Restore
 
         return [Restore(program.id, 0)] if program.status.name != "ACTIVE" else []
 
 
 def test_the_policy_sees_environment_readiness():
     from thundersim.sim.catalog import make_setup
-    from thundersim.simulate import RunConfig, simulate
+    from thundersim.sim.simulate import RunConfig, simulate
 
     pol = _Watch(PolicyOptions())
     config = RunConfig(setup=make_setup(kv_capacity_override=50_000), concurrency=2)
@@ -332,7 +332,7 @@ class _InstantBackend(StubBackend):
     these tests are about."""
 
     def submit(self, req, on_done):
-        from thundersim.backend import Usage
+        from thundersim.core.backend import Usage
 
         async def answer():
             await asyncio.sleep(0.01)
@@ -355,7 +355,7 @@ class _InstantBackend(StubBackend):
 
 
 def _live(specs, root, mode="gc+prefetch", cancel_after=None):
-    from thundersim.live import run_live
+    from thundersim.live.driver import run_live
 
     seen = {"dirs": set(), "ports": set(), "pids": set()}
 
@@ -412,8 +412,8 @@ def test_port_helper_ends_when_its_parent_is_killed(tmp_path):
     """Even a SIGKILLed run does not leave ports held: the helper watches its stdin pipe."""
     script = (
         "import asyncio, json, sys\n"
-        "from engine_adapters.sandbox import LocalSandbox\n"
-        "from thundersim.trace import EnvSpec\n"
+        "from thundersim.engine_adapters.sandbox import LocalSandbox\n"
+        "from thundersim.traces.schema import EnvSpec\n"
         "async def main():\n"
         f"    box = LocalSandbox({str(tmp_path)!r}, 0)\n"
         "    f = asyncio.get_running_loop().create_future()\n"
@@ -444,7 +444,7 @@ def test_docker_provider_says_whether_an_engine_is_reachable():
     ok, why = docker_available()
     assert isinstance(ok, bool) and why
     if not ok:
-        from engine_adapters.sandbox import DockerSandbox
+        from thundersim.engine_adapters.sandbox import DockerSandbox
 
         with pytest.raises(RuntimeError, match="docker sandbox unavailable"):
             DockerSandbox()

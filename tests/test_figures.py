@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from thundersim.figures import SIM_KINDS, regenerate, specs_in
+from thundersim.lab.figures import SIM_KINDS, regenerate, specs_in
 
 
 def test_every_spec_loads_and_names_its_paper_source():

@@ -427,7 +427,7 @@ def test_the_engine_charges_every_scheduled_request_once_per_iteration():
     last 88 tokens (89 tokens, 2 sequences), then both decode (2 tokens, 2 sequences)."""
     import simpy
 
-    from thundersim.backend import Request
+    from thundersim.core.backend import Request
     from thundersim.sim.engine import SimBackend
 
     env = simpy.Environment()
@@ -480,9 +480,10 @@ def _legacy_decode_run_time(self, n, ctx0, k):
 
 
 def _run(specs, profile=None, skip_ahead=True):
-    from policies import make_policy
-    from thundersim.policy import PolicyOptions
-    from thundersim.simulate import RunConfig, simulate
+    from thundersim.policies import make_policy
+
+    from thundersim.core.policy import PolicyOptions
+    from thundersim.sim.simulate import RunConfig, simulate
 
     config = RunConfig(
         setup=make_setup(kv_capacity_override=2500),

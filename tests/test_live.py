@@ -7,13 +7,13 @@ import asyncio
 import json
 
 import pytest
+from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
+from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.policies import make_policy
 
-from engine_adapters.local import TINY_VOCAB, LocalEngines
-from engine_adapters.vllm import TokenBook, VLLMBackend
-from policies import make_policy
-from thundersim.converters import CONVERTERS
-from thundersim.live import run_live, write_live_log
-from thundersim.policy import PolicyOptions
+from thundersim.core.policy import PolicyOptions
+from thundersim.live.driver import run_live, write_live_log
+from thundersim.traces.converters import CONVERTERS
 
 from .conftest import make_program
 
@@ -110,7 +110,8 @@ def test_cli_run_live_writes_the_same_tables_plus_the_step_log(engine, tmp_path)
     from typer.testing import CliRunner
 
     from thundersim.cli import app
-    from thundersim.trace import EnvSpec, dump_trace
+    from thundersim.traces.loader import dump_trace
+    from thundersim.traces.schema import EnvSpec
 
     trace = tmp_path / "t.jsonl"
     env = EnvSpec(prep_s=0.6, disk_bytes=2 * 10**9, ports=2)
@@ -267,7 +268,7 @@ def test_calibrate_then_validate_against_the_live_engine(engine, tmp_path):
     fall on 0.5 s ticks against real tool waits, so on 6 programs it moves with the machine's
     load (a clean-clone CI run under load: sim 0.55 vs live 0.66); the pressured 16-program
     fidelity benchmark (experiments/bench_live_fidelity.py) measures it."""
-    from thundersim.calibrate import calibrate, validate
+    from thundersim.live.calibrate import calibrate, validate
     from thundersim.sim.latency import LatencyProfile
 
     profile, samples = calibrate(engine.url)

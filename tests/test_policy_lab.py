@@ -15,15 +15,15 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from thundersim.policies import make_policy, make_router, router_names
+from thundersim.policies.stp_exact import min_square_cover
 
-import thundersim.simulate as simulate_module
-from policies import make_policy, make_router, router_names
-from policies.stp_exact import min_square_cover
-from thundersim.policy import BackendView, ClusterView, Pause, Pin, PolicyOptions, Restore
-from thundersim.program import Phase, Program, Status
+import thundersim.sim.simulate as simulate_module
+from thundersim.core.policy import BackendView, ClusterView, Pause, Pin, PolicyOptions, Restore
+from thundersim.core.program import Phase, Program, Status
 from thundersim.sim.catalog import make_setup
-from thundersim.simulate import RunConfig, simulate
-from thundersim.trace import EnvSpec, ProgramSpec, StepSpec
+from thundersim.sim.simulate import RunConfig, simulate
+from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec
 
 from .conftest import make_program
 from .test_conformance import DecisionAudit
@@ -227,7 +227,7 @@ def test_continuum_pin_after_the_last_call_is_dropped_when_the_program_finishes(
     """Continuum cannot tell the last call from any other, so it pins after it too (for a 3 s
     TTL here); the program's last tool takes 0.5 s and the program ends. Its pinned blocks go
     back to the engine's free queue at the finish, not 2.5 s later at the TTL."""
-    from policies.continuum import Continuum
+    from thundersim.policies.continuum import Continuum
 
     engines = []
 

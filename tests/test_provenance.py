@@ -1,4 +1,4 @@
-"""Every constant of the simulator carries exactly one provenance class (thundersim.provenance).
+"""Every constant of the simulator carries exactly one provenance class (thundersim.lab.provenance).
 
 The repository-wide checks fail with file:line when a number in a covered module has no tag,
 a tag is malformed, attaches to nothing or names an experiment spec that does not exist. The
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from thundersim import provenance
-from thundersim.provenance import CLASSES, FITTED, scan_source
+from thundersim.lab import provenance
+from thundersim.lab.provenance import CLASSES, FITTED, scan_source
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = {p.stem for p in (ROOT / "experiments" / "specs").glob("*.toml")}
@@ -54,14 +54,14 @@ def test_the_scan_covers_every_module_it_is_meant_to(scanned):
     of the constant-holding ones yields entries."""
     files = {p.relative_to(ROOT).as_posix() for p in provenance.covered_files()}
     for name in ("swe", "openhands", "toolorchestra", "science", "rollout"):
-        assert f"thundersim/workloads/{name}.py" in files
+        assert f"thundersim/traces/workloads/{name}.py" in files
     for path in (
         "thundersim/sim/catalog.py",
         "thundersim/sim/sandbox.py",
         "thundersim/sim/latency.py",
         "thundersim/sim/engine.py",
-        "thundersim/envs.py",
-        "thundersim/policy.py",
+        "thundersim/core/envs.py",
+        "thundersim/core/policy.py",
         "policies/continuum.py",
         "policies/stp.py",
         "policies/routers/least_loaded.py",
@@ -71,18 +71,18 @@ def test_the_scan_covers_every_module_it_is_meant_to(scanned):
     entries, _ = scanned
     modules = {e.module for e in entries}
     for module in (
-        "thundersim.workloads.openhands",
+        "thundersim.traces.workloads.openhands",
         "thundersim.sim.catalog",
         "thundersim.sim.sandbox",
         "thundersim.sim.latency",
         "thundersim.sim.engine",
-        "thundersim.envs",
-        "thundersim.policy",
-        "policies.continuum",
-        "policies.routers.least_loaded",
-        "policies.routers.cache_aware",
-        "policies.stp_fair",
-        "policies.stp_tool",
+        "thundersim.core.envs",
+        "thundersim.core.policy",
+        "thundersim.policies.continuum",
+        "thundersim.policies.routers.least_loaded",
+        "thundersim.policies.routers.cache_aware",
+        "thundersim.policies.stp_fair",
+        "thundersim.policies.stp_tool",
     ):
         assert module in modules, module
 
@@ -103,14 +103,14 @@ def test_each_entry_has_one_valid_class_a_source_and_real_specs(scanned):
 def test_an_untagged_constant_added_to_a_covered_module_is_reported_at_its_line():
     """Appending an untagged constant to a real covered module's source makes the scan fail
     there, with that line."""
-    path = ROOT / "thundersim" / "workloads" / "swe.py"
+    path = ROOT / "thundersim" / "traces" / "workloads" / "swe.py"
     source = path.read_text()
     assert scan_source(source, "swe", "swe.py")[1] == []
     added = source + "\nNEW_SCALE = 1.7\n"
     line = added.count("\n")
-    problems = scan_source(added, "swe", "thundersim/workloads/swe.py")[1]
+    problems = scan_source(added, "swe", "thundersim/traces/workloads/swe.py")[1]
     assert [str(p) for p in problems] == [
-        f"thundersim/workloads/swe.py:{line}: untagged number in NEW_SCALE (add a provenance tag)"
+        f"thundersim/traces/workloads/swe.py:{line}: untagged number in NEW_SCALE (add a provenance tag)"
     ]
 
 
@@ -123,10 +123,10 @@ def test_fitted_specs_name_the_figures_that_are_consistency_checks():
     assert {"fig2c", "fig9", "fig4b", "fig5b"} <= set(fitted)
     assert "fig2b" not in fitted and "fig4a" not in fitted
     assert "thundersim.sim.sandbox.PREP_A_S" in fitted["fig2c"]
-    assert "thundersim.workloads.swe.ENV_PREP_S_MEDIAN" in fitted["fig2c"]
-    assert "thundersim.workloads.toolorchestra.ANSWER_S" in fitted["fig9"]
-    assert "thundersim.workloads.science.BASH_S" in fitted["fig9"]
-    assert "thundersim.workloads.openhands.OBS_TOKENS" in fitted["fig5b"]
+    assert "thundersim.traces.workloads.swe.ENV_PREP_S_MEDIAN" in fitted["fig2c"]
+    assert "thundersim.traces.workloads.toolorchestra.ANSWER_S" in fitted["fig9"]
+    assert "thundersim.traces.workloads.science.BASH_S" in fitted["fig9"]
+    assert "thundersim.traces.workloads.openhands.OBS_TOKENS" in fitted["fig5b"]
     assert list(fitted) == sorted(fitted)
     for names in fitted.values():
         assert names == sorted(names)
@@ -136,17 +136,17 @@ def test_the_honesty_fixes_of_issue_11_are_in_the_tags(scanned):
     """Continuum's threshold is its released code's 2 s; the OpenHands sandbox floor is a
     measured number; the paper's method settings are specs; every GPU's memory is measured."""
     entries, _ = scanned
-    from policies.continuum import Continuum
+    from thundersim.policies.continuum import Continuum
 
     assert Continuum.params["pin_threshold_s"] == 2.0
-    pin = by_name(entries, "policies.continuum.Continuum.params['pin_threshold_s']")
+    pin = by_name(entries, "thundersim.policies.continuum.Continuum.params['pin_threshold_s']")
     assert pin.cls == "spec" and "FIXED_THRESHOLD_CONTINUUM" in pin.source
-    floor = by_name(entries, "thundersim.workloads.openhands.ENV_DISK_FLOOR_BYTES")
+    floor = by_name(entries, "thundersim.traces.workloads.openhands.ENV_DISK_FLOOR_BYTES")
     assert floor.cls == "measured"
-    excess = by_name(entries, "thundersim.workloads.openhands.ENV_DISK_EXCESS_BYTES")
+    excess = by_name(entries, "thundersim.traces.workloads.openhands.ENV_DISK_EXCESS_BYTES")
     assert excess.cls == "estimate"
     for name in ("tick_interval", "decay", "lambda_max", "lambda_min", "reserve_tokens"):
-        assert by_name(entries, f"thundersim.policy.PolicyOptions.{name}").cls == "spec"
+        assert by_name(entries, f"thundersim.core.policy.PolicyOptions.{name}").cls == "spec"
     for gpu in ("H100-SXM", "H200", "A100-80G", "RTX-5090"):
         memory = by_name(entries, f"thundersim.sim.catalog.GPUS['{gpu}'].memory_bytes")
         assert memory.cls == "measured" and "nvidia-smi" in memory.source
@@ -157,10 +157,11 @@ def test_router_weights_cite_the_published_systems_and_prefetch_sizing_is_named(
     launcher), each cited; the tool manager's prefetch cap and rate window are named estimates
     that EnvManager really uses."""
     entries, _ = scanned
-    from policies.routers import cache_aware, least_loaded
-    from thundersim import envs
+    from thundersim.policies.routers import cache_aware, least_loaded
 
-    weight = by_name(entries, "policies.routers.least_loaded.WAITING_WEIGHT")
+    from thundersim.core import envs
+
+    weight = by_name(entries, "thundersim.policies.routers.least_loaded.WAITING_WEIGHT")
     assert weight.cls == "spec" and "waiting * 4 + running" in weight.source
     assert least_loaded.WAITING_WEIGHT == 4
     for name, value in (
@@ -168,28 +169,28 @@ def test_router_weights_cite_the_published_systems_and_prefetch_sizing_is_named(
         ("BALANCE_ABS_THRESHOLD", 32),
         ("BALANCE_REL_THRESHOLD", 1.0001),
     ):
-        entry = by_name(entries, f"policies.routers.cache_aware.{name}")
+        entry = by_name(entries, f"thundersim.policies.routers.cache_aware.{name}")
         assert entry.cls == "spec" and "sgl-router" in entry.source
         assert getattr(cache_aware, name) == value
     for name in ("MAX_PREFETCH", "RATE_WINDOW", "INITIAL_PREFETCH_DEPTH", "PREFETCH_SPARE"):
-        assert by_name(entries, f"thundersim.envs.{name}").cls == "estimate"
+        assert by_name(entries, f"thundersim.core.envs.{name}").cls == "estimate"
     assert (envs.MAX_PREFETCH, envs.RATE_WINDOW) == (16, 16)
     default = inspect.signature(envs.EnvManager).parameters["max_prefetch"].default
     assert default == envs.MAX_PREFETCH
 
 
 def test_committed_provenance_table_is_the_generated_one():
-    """docs/PROVENANCE.md is `python -m thundersim.provenance > docs/PROVENANCE.md`: regenerate
+    """docs/PROVENANCE.md is `python -m thundersim.lab.provenance > docs/PROVENANCE.md`: regenerate
     it after changing a tag."""
     committed = (ROOT / "docs" / "PROVENANCE.md").read_text()
     assert committed == provenance.table_markdown(), (
-        "docs/PROVENANCE.md is stale: run `python -m thundersim.provenance > docs/PROVENANCE.md`"
+        "docs/PROVENANCE.md is stale: run `python -m thundersim.lab.provenance > docs/PROVENANCE.md`"
     )
 
 
 def test_module_entry_point_prints_the_table():
     out = subprocess.run(
-        [sys.executable, "-m", "thundersim.provenance"],
+        [sys.executable, "-m", "thundersim.lab.provenance"],
         cwd=ROOT,
         capture_output=True,
         text=True,

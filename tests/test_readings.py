@@ -1,4 +1,4 @@
-"""Readings whose numbers come from the run (thundersim/readings.py): placeholders render from the
+"""Readings whose numbers come from the run (thundersim/lab/readings.py): placeholders render from the
 run's table, unknown names fail naming the spec and the placeholder, and a reading that types a
 result outside its placeholders is refused."""
 
@@ -12,10 +12,10 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from thundersim import readings
-from thundersim.figures import FigureResult, specs_in, write_report
-from thundersim.readings import ReadingError, check, format_value, render, report_reading
-from thundersim.sweep import ROOT, load_spec
+from thundersim.lab import readings
+from thundersim.lab.figures import FigureResult, specs_in, write_report
+from thundersim.lab.readings import ReadingError, check, format_value, render, report_reading
+from thundersim.lab.sweep import ROOT, load_spec
 
 SPEC = """
 name = "mini"

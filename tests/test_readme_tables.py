@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 
-from thundersim.sweep import ROOT
+from thundersim.lab.sweep import ROOT
 
 _spec = importlib.util.spec_from_file_location(
     "readme_tables", ROOT / "experiments" / "readme_tables.py"

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from thundersim.engine_adapters.local import LocalEngines
 
-from engine_adapters.local import LocalEngines
-from thundersim.serve import BadRequest, estimate_prompt_tokens, parse_call
+from thundersim.live.serve import BadRequest, estimate_prompt_tokens, parse_call
 
 from .conftest import StubBackend
 
@@ -292,7 +292,7 @@ class _HeldBackend(StubBackend):
         self.calls.append((req, on_done))
 
     def finish_all(self):
-        from thundersim.backend import Usage
+        from thundersim.core.backend import Usage
 
         for req, on_done in self.calls:
             body = json.dumps({"usage": {"prompt_tokens": req.prompt_tokens}}).encode()
@@ -302,10 +302,10 @@ class _HeldBackend(StubBackend):
 
 def test_a_program_has_one_call_at_a_time_and_a_released_id_is_not_reused():
     from aiohttp import web
+    from thundersim.policies import make_policy
 
-    from policies import make_policy
-    from thundersim.policy import PolicyOptions
-    from thundersim.serve import Proxy, ServeConfig
+    from thundersim.core.policy import PolicyOptions
+    from thundersim.live.serve import Proxy, ServeConfig
 
     async def main():
         backend = _HeldBackend()

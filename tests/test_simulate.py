@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from thundersim.policies import make_policy
 
-from policies import make_policy
 from thundersim.sim.catalog import make_setup
-from thundersim.simulate import RunConfig, simulate
+from thundersim.sim.simulate import RunConfig, simulate
 
 from .conftest import make_program, run_sim
 

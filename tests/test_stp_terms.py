@@ -13,14 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
+from thundersim.policies import make_policy
 
-import thundersim.simulate as simulate_module
-from policies import make_policy
-from thundersim.metrics import KV_CATEGORIES, MEMORY_COLUMNS, STP_TERMS, Recorder
-from thundersim.policy import PolicyOptions
+import thundersim.sim.simulate as simulate_module
+from thundersim.core.policy import PolicyOptions
+from thundersim.metrics.recorder import KV_CATEGORIES, MEMORY_COLUMNS, STP_TERMS, Recorder
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.latency import LatencyProfile
-from thundersim.simulate import RunConfig, simulate
+from thundersim.sim.simulate import RunConfig, simulate
 
 from .conftest import make_program
 from .test_properties import _run, runs, traces

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from thundersim.cli import app
-from thundersim.sweep import SpecError, load_spec, point_key, run_sweep
-from thundersim.trace import dump_trace
+from thundersim.lab.sweep import SpecError, load_spec, point_key, run_sweep
+from thundersim.traces.loader import dump_trace
 
 from .conftest import make_program
 
@@ -108,7 +108,7 @@ def test_points_are_cached_by_their_inputs_and_only_what_changed_reruns(spec_fil
     trace = Path(spec.base["trace"])
     lines = trace.read_text().splitlines(keepends=True)
     trace.write_text("".join(lines[:-1]))  # one program fewer
-    from thundersim import sweep
+    from thundersim.lab import sweep
 
     sweep._file_hash.cache_clear()
     assert point_key(spec.points()[0], spec.keep) != key
@@ -164,7 +164,7 @@ def test_cli_sweep_writes_one_table(spec_file, tmp_path):
 
 
 def test_figures_draws_and_reports_against_the_paper(spec_file, tmp_path, monkeypatch):
-    from thundersim import figures
+    from thundersim.lab import figures
 
     specs = tmp_path / "specs"
     specs.mkdir()

@@ -11,18 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thundersim.trace import (
+from thundersim.traces.loader import dump_trace, load_trace
+from thundersim.traces.schema import (
     TRACE_VERSION,
     EnvSpec,
     ProgramSpec,
     StepSpec,
     TraceError,
-    dump_trace,
-    load_trace,
     program_from_dict,
     program_to_dict,
 )
-from thundersim.workloads import GENERATORS, generate
+from thundersim.traces.workloads import GENERATORS, generate
 
 BUNDLED_SWE = Path(__file__).resolve().parent.parent / "traces" / "swe.jsonl"
 
@@ -420,7 +419,7 @@ def test_bundled_swe_trace_loads_with_300_programs():
 
 
 def test_bundled_swe_trace_is_what_the_generator_writes():
-    """traces/swe.jsonl is exactly `python -m thundersim.workloads.swe --programs 300 --seed 0`."""
+    """traces/swe.jsonl is exactly `python -m thundersim.traces.workloads.swe --programs 300 --seed 0`."""
     buf = io.StringIO()
     dump_trace(generate("swe", 300, 0), buf)
     assert BUNDLED_SWE.read_text(encoding="utf-8") == buf.getvalue()
@@ -458,7 +457,8 @@ def test_unknown_workload_lists_valid_names():
 def test_context_reset_restarts_the_context_from_the_shared_prefix(tmp_path):
     """A step with reset: its prompt is prefix + its own input; later calls grow from there;
     the peak context is the largest call, not the last; the field round-trips and is optional."""
-    from thundersim.trace import EnvSpec, ProgramSpec, StepSpec, dump_trace, load_trace
+    from thundersim.traces.loader import dump_trace, load_trace
+    from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec
 
     p = ProgramSpec(
         "r",
@@ -488,7 +488,8 @@ def test_context_reset_restarts_the_context_from_the_shared_prefix(tmp_path):
 def test_reset_must_be_a_boolean(tmp_path):
     import pytest
 
-    from thundersim.trace import TraceError, load_trace
+    from thundersim.traces.loader import load_trace
+    from thundersim.traces.schema import TraceError
 
     path = tmp_path / "bad.jsonl"
     path.write_text(

@@ -8,9 +8,9 @@ import json
 
 import pytest
 from aiohttp import web
+from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
 
-from engine_adapters.vllm import TokenBook, VLLMBackend
-from thundersim.backend import Request
+from thundersim.core.backend import Request
 
 CHUNK = json.dumps({"choices": [{"index": 0, "text": "", "token_ids": [7]}]}).encode()
 

@@ -26,7 +26,7 @@ from thundersim.sim.engine import (
     SimBackend,
     vllm_default_budget,
 )
-from thundersim.simulate import RunConfig, build_run
+from thundersim.sim.simulate import RunConfig, build_run
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"

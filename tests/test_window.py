@@ -1,4 +1,4 @@
-"""The throughput measurement (thundersim.window): one definition and one window for every policy
+"""The throughput measurement (thundersim.metrics.window): one definition and one window for every policy
 of a comparison, a closed loop that never drains, and a policy built to game a per-run window
 that gains nothing from this one."""
 
@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from thundersim.policies.vllm import VLLM
 
-from policies.vllm import VLLM
-from thundersim.policy import PolicyOptions, Restore
-from thundersim.program import Status
-from thundersim.sim.catalog import make_setup
-from thundersim.simulate import RunConfig, simulate
-from thundersim.window import (
+from thundersim.core.policy import PolicyOptions, Restore
+from thundersim.core.program import Status
+from thundersim.metrics.window import (
     STEADY,
     WHOLE_RUN,
     IncomparableRuns,
@@ -20,6 +18,8 @@ from thundersim.window import (
     default_warmup,
     measure,
 )
+from thundersim.sim.catalog import make_setup
+from thundersim.sim.simulate import RunConfig, simulate
 
 from .conftest import make_program
 
@@ -51,7 +51,11 @@ def test_default_warmup_is_a_quarter_of_the_horizon():
 
 @pytest.mark.parametrize(
     ("horizon", "warmup", "match"),
-    [(None, 10.0, "needs a horizon"), (0.0, None, "horizon must be > 0"), (100.0, 100.0, "warm-up")],
+    [
+        (None, 10.0, "needs a horizon"),
+        (0.0, None, "horizon must be > 0"),
+        (100.0, 100.0, "warm-up"),
+    ],
 )
 def test_bad_windows_are_refused(horizon, warmup, match):
     with pytest.raises(ValueError, match=match):
@@ -106,8 +110,7 @@ def test_a_recycled_closed_loop_keeps_n_programs_in_flight_until_the_horizon():
         assert ours == orig[: len(ours)]
     # at every moment until the horizon exactly 4 programs are in the system
     events = sorted(
-        [(t, 1) for t in p.arrival_t]
-        + [(t, -1) for t in p.finish_t.dropna()],
+        [(t, 1) for t in p.arrival_t] + [(t, -1) for t in p.finish_t.dropna()],
         key=lambda e: (e[0], e[1]),
     )
     live = pd.Series([d for _, d in events]).cumsum()
@@ -175,10 +178,9 @@ def test_stalling_fools_a_per_run_window_but_not_the_whole_run():
     assert _old_per_run_window(gamer) > 3 * _old_per_run_window(honest)
     # ... the whole-run measurement is not
     assert gamer.summary["throughput_metric"] == honest.summary["throughput_metric"] == WHOLE_RUN
-    assert (
-        gamer.summary["throughput_steps_per_min"]
-        <= honest.summary["throughput_steps_per_min"] * (1 + 1e-9)
-    )
+    assert gamer.summary["throughput_steps_per_min"] <= honest.summary[
+        "throughput_steps_per_min"
+    ] * (1 + 1e-9)
 
 
 def test_stalling_across_a_fixed_window_moves_at_most_one_call_per_slot():
@@ -194,4 +196,6 @@ def test_stalling_across_a_fixed_window_moves_at_most_one_call_per_slot():
     bound = 60.0 * n / (horizon - warmup)  # N extra steps over the window, per minute
     assert gamer["throughput_steps_per_min"] <= honest["throughput_steps_per_min"] + bound
     # and over the whole run the stall only loses
-    assert gamer["throughput_whole_run_steps_per_min"] < honest["throughput_whole_run_steps_per_min"]
+    assert (
+        gamer["throughput_whole_run_steps_per_min"] < honest["throughput_whole_run_steps_per_min"]
+    )

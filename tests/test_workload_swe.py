@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thundersim.workloads import swe
+from thundersim.traces.workloads import swe
 
 SEEDS = [0, 1, 2, 3, 4]
 N_PROGRAMS = 300  # the size of the bundled trace; big enough for stable medians
@@ -96,7 +96,7 @@ def test_zero_programs_is_an_error():
 
 
 def test_main_writes_the_trace_to_stdout(capsys):
-    """`python -m thundersim.workloads.swe --programs N --seed S` prints N JSON lines."""
+    """`python -m thundersim.traces.workloads.swe --programs N --seed S` prints N JSON lines."""
     swe.main(["--programs", "3", "--seed", "5"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].startswith('{"version":1,"id":"swe-0000"')

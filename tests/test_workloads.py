@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from thundersim.policies import names as policy_names
 
-from policies import names as policy_names
-from thundersim.trace import dump_trace, load_trace
-from thundersim.workloads import GENERATORS, openhands, rollout, science, swe, toolorchestra
+from thundersim.traces.loader import dump_trace, load_trace
+from thundersim.traces.workloads import GENERATORS, openhands, rollout, science, swe, toolorchestra
 
 from .conftest import run_sim
 

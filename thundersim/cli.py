@@ -22,22 +22,23 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from engine_adapters.local import TINY_VOCAB, LocalEngines
-from engine_adapters.sandbox import DockerSandbox, LocalSandbox
-from engine_adapters.vllm import TokenBook, VLLMBackend
-from policies import registry
-from thundersim import converters, workloads
-from thundersim.calibrate import calibrate, validate
-from thundersim.compare import grid, run_grid
-from thundersim.envs import EnvLimits
-from thundersim.live import run_live, write_live_log
-from thundersim.policy import PolicyOptions, parse_params
+from thundersim.core.envs import EnvLimits
+from thundersim.core.policy import PolicyOptions, parse_params
+from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
+from thundersim.engine_adapters.sandbox import DockerSandbox, LocalSandbox
+from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.lab.compare import grid, run_grid
+from thundersim.live.calibrate import calibrate, validate
+from thundersim.live.driver import run_live, write_live_log
+from thundersim.metrics.window import describe
+from thundersim.policies import registry
 from thundersim.sim.catalog import GPUS, MODELS
 from thundersim.sim.latency import LatencyProfile
-from thundersim.simulate import build_run, check_fits, simulate
-from thundersim.trace import TraceError, dump_trace, load_trace, scale_trace
-from thundersim.trace_stats import trace_stats
-from thundersim.window import describe
+from thundersim.sim.simulate import build_run, check_fits, simulate
+from thundersim.traces import converters, workloads
+from thundersim.traces.loader import dump_trace, load_trace, scale_trace
+from thundersim.traces.schema import TraceError
+from thundersim.traces.stats import trace_stats
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -203,7 +204,9 @@ def run(
     )
 
     def tick(done: int, now: float) -> None:
-        bar.set_postfix_str(f"{done} programs done" if by_time else f"sim {now:,.0f}s", refresh=False)
+        bar.set_postfix_str(
+            f"{done} programs done" if by_time else f"sim {now:,.0f}s", refresh=False
+        )
         bar.update((int(now) if by_time else done) - bar.n)  # tqdm rate-limits the redraws
 
     try:
@@ -362,7 +365,7 @@ def catalog(
 ) -> None:
     """List the GPUs and models the simulator knows, with their published sources."""
     if provenance:
-        from thundersim import provenance as prov
+        from thundersim.lab import provenance as prov
 
         typer.echo(prov.table_markdown(), nl=False)
         return
@@ -724,7 +727,7 @@ def serve(
 ) -> None:
     """OpenAI-compatible proxy for real agents: the policy schedules their programs on live
     replicas. Send `program_id` with each call and POST /programs/release at the end."""
-    from thundersim.serve import Proxy, ServeConfig, serve_until_stopped
+    from thundersim.live.serve import Proxy, ServeConfig, serve_until_stopped
 
     urls = [u.strip() for u in backends.split(",") if u.strip()]
     try:
@@ -798,7 +801,7 @@ def sweep(
     out: Path = typer.Option(Path("runs/sweeps"), help="Writes NAME.parquet and NAME.csv here."),
 ) -> None:
     """Run a spec's grid (cached points are reused; an interrupted sweep resumes) as one table."""
-    from thundersim.sweep import SpecError, load_spec, run_sweep
+    from thundersim.lab.sweep import SpecError, load_spec, run_sweep
 
     try:
         s = load_spec(spec)
@@ -834,12 +837,12 @@ def figures(
     cache: Path = CACHE_OPT,
 ) -> None:
     """Regenerate every figure and table of the paper and write figures/REPORT.md."""
-    from thundersim.figures import regenerate, specs_in
-    from thundersim.sweep import SpecError
+    from thundersim.lab.figures import regenerate, specs_in
+    from thundersim.lab.sweep import SpecError
 
     try:
-        from thundersim.figures import SIM_KINDS
-        from thundersim.sweep import point_key
+        from thundersim.lab.figures import SIM_KINDS
+        from thundersim.lab.sweep import point_key
 
         total = len(  # distinct points: specs that share one run it once
             {

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from policies.registry import register_router
-from thundersim.policy import ClusterView, Router
-from thundersim.program import ProgramView
+from thundersim.policies.registry import register_router
+
+from thundersim.core.policy import ClusterView, Router
+from thundersim.core.program import ProgramView
 
 
 @register_router

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from policies.registry import register_router
-from policies.routers.least_loaded import load
-from thundersim.policy import ClusterView, Router
-from thundersim.program import ProgramView
+from thundersim.policies.registry import register_router
+from thundersim.policies.routers.least_loaded import load
+
+from thundersim.core.policy import ClusterView, Router
+from thundersim.core.program import ProgramView
 
 
 @register_router

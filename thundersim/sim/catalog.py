@@ -1,6 +1,6 @@
 """Hardware and model catalog: the physical facts a replica's capacity and speed come from.
 
-Every number here is tagged with its provenance (thundersim/provenance.py): published specs
+Every number here is tagged with its provenance (thundersim/lab/provenance.py): published specs
 (datasheets, config.json, vLLM defaults), the memory each GPU actually reports (nvidia-smi, in
 MiB: HBM is sized in GiB-class units, not the datasheet's round GB), and two named estimates.
 Nothing is fitted to the paper's results. A `Setup` (GPU x model x TP x dtypes) gives a

@@ -29,8 +29,8 @@ from collections.abc import Callable
 
 import simpy
 
-from thundersim.backend import EngineStats, Request, Usage
-from thundersim.cluster import chain_program
+from thundersim.core.backend import EngineStats, Request, Usage
+from thundersim.core.cluster import chain_program
 from thundersim.sim.blocks import BlockPool
 from thundersim.sim.catalog import GPU, GiB
 from thundersim.sim.latency import LatencyModel

@@ -27,7 +27,7 @@ from typing import Any
 
 import simpy
 
-from thundersim.trace import EnvSpec
+from thundersim.traces.schema import EnvSpec
 
 # The contention model is fitted to the paper and applied to every workload with an environment
 # (mini-SWE, OpenHands, science, rollout): Fig 2c's comparison is a consistency check of the wiring,

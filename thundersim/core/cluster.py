@@ -1,0 +1,275 @@
+"""The Cluster: owns programs and backends, asks the policy, validates and applies decisions.
+
+The Driver tells the Cluster what the workload does (a program arrived, its next call is ready,
+its tool finished, it ended); the Cluster tells the policy, applies what the policy returns, and
+sends calls of ACTIVE programs to their backend. Requests of WAITING or PAUSED programs are held
+here until the policy restores them. Nothing in this file knows whether the clock and backends
+are simulated or live: both come in through the `Clock` and `Backend` contracts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from thundersim.core.backend import Backend, Request, Usage
+from thundersim.core.policy import (
+    BackendView,
+    ClusterView,
+    Decision,
+    Pause,
+    Pin,
+    Policy,
+    PolicyError,
+    Restore,
+    Route,
+)
+from thundersim.core.program import Phase, Program, Status
+
+
+def chain_key(program_id: str, epoch: int) -> str:
+    """The KV chain of a program's context after `epoch` resets (NUL cannot occur in an id read
+    from JSON text, so chains of different programs never collide)."""
+    return program_id if epoch == 0 else f"{program_id}\x00{epoch}"
+
+
+def chain_program(chain: str) -> str:
+    return chain.partition("\x00")[0]
+
+
+class Clock(Protocol):
+    """Time and one-shot events: SimPy's Environment in sim, the event loop in live."""
+
+    @property
+    def now(self) -> float: ...
+
+    def new_event(self) -> Any: ...
+
+    def fire(self, event: Any, value: Any) -> None: ...
+
+
+class ClusterObserver(Protocol):
+    """What the Recorder hears from the Cluster."""
+
+    def on_call_done(self, program: Program, usage: Usage, backend: int) -> None: ...
+
+    def on_step_done(self, program: Program, now: float) -> None: ...
+
+    def on_program_done(self, program: Program) -> None: ...
+
+
+class Cluster:
+    def __init__(
+        self,
+        clock: Clock,
+        backends: Sequence[Backend],
+        policy: Policy,
+        observer: ClusterObserver | None = None,
+    ):
+        if not backends:
+            raise ValueError("a cluster needs at least one backend")
+        self.clock = clock
+        self.backends = list(backends)
+        self.policy = policy
+        self.observer = observer
+        self.programs: dict[str, Program] = {}  # every program that has arrived
+        self.live: dict[str, Program] = {}  # arrived and not finished, in arrival order
+        self.live_views: dict[str, Any] = {}
+        self.view = ClusterView(self)
+        self.held = 0  # programs with a ready call that the policy withholds
+        self.decisions_applied = 0
+        self._waiters: dict[str, Any] = {}  # program id -> Driver event for its running call
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    def backend_views(self) -> list[BackendView]:
+        views = []
+        for b in self.backends:
+            s = b.stats()
+            views.append(
+                BackendView(
+                    index=b.index,
+                    name=b.name,
+                    capacity_tokens=s.capacity_tokens,
+                    used_tokens=s.used_tokens,
+                    running=s.running,
+                    waiting=s.waiting,
+                    alive=b.alive,
+                )
+            )
+        return views
+
+    # ---- what the Driver reports ---------------------------------------------------------
+    def arrive(self, program: Program) -> None:
+        if program.id in self.programs:
+            raise ValueError(f"program {program.id} arrived twice")
+        program.arrival_time = self.now
+        self.programs[program.id] = program
+        self.live[program.id] = program
+        self.live_views[program.id] = program.view
+        self._apply(self.policy.on_arrival(self.view, program.view))
+
+    def request(self, program: Program) -> Any:
+        """The program's next LLM call is ready. Returns an event the Driver waits on; it
+        fires with the call's Usage once the call has run (after any hold)."""
+        if program.status.is_finished or program.pending or program.in_flight:
+            raise RuntimeError(f"{program!r} cannot issue a call now")
+        if not program.has_call(program.step):
+            raise RuntimeError(f"{program!r} has no call {program.step}")
+        event = self.clock.new_event()
+        self._waiters[program.id] = event
+        program.phase = Phase.REASONING
+        program.acting_since = None
+        program.pending = True
+        program.call_ready_time = self.now
+        if program.status is not Status.ACTIVE:
+            self.held += 1
+        self._apply(self.policy.on_request(self.view, program.view))
+        self._dispatch(program)
+        return event
+
+    def tool_done(self, program: Program) -> None:
+        """The tool call of the step just finished: the step is complete."""
+        if self.observer is not None:
+            self.observer.on_step_done(program, self.now)
+        program.last_usage = None
+
+    def finish(self, program: Program) -> None:
+        if program.pending or program.in_flight:
+            raise RuntimeError(f"{program!r} finished with a call outstanding")
+        program.status = Status.DONE
+        program.finish_time = self.now
+        program.backend = None
+        # A TTL pin taken after its last call is dropped now (a live agent's release is the
+        # first the scheduler hears that no call follows); a backend that cannot pin has no
+        # `unpin`.
+        for b in self.backends:
+            unpin = getattr(b, "unpin", None)
+            if unpin is not None:
+                unpin(program.id)
+        del self.live[program.id]
+        del self.live_views[program.id]
+        if self.observer is not None:
+            self.observer.on_program_done(program)
+        self._apply(self.policy.on_finish(self.view, program.view))
+
+    def call_failed(self, program_id: str) -> None:
+        """A backend could not serve the program's call (it went down): the call is ready
+        again, withheld until the policy places the program on a live backend."""
+        p = self.live[program_id]
+        p.in_flight = False
+        p.pending = True
+        p.backend = None
+        if p.status is Status.ACTIVE:
+            p.status = Status.PAUSED
+        self.held += 1
+        self._apply(self.policy.on_request(self.view, p.view))
+
+    def tick(self) -> None:
+        self._apply(self.policy.on_tick(self.view))
+
+    # ---- calls ---------------------------------------------------------------------------
+    def _dispatch(self, program: Program) -> None:
+        """Send the ready call of an ACTIVE program to its backend."""
+        if not (program.pending and program.status is Status.ACTIVE):
+            return
+        if program.backend is None:
+            raise PolicyError(f"{program.id} is ACTIVE with no backend")
+        program.pending = False
+        program.in_flight = True
+        program.call_sent_time = self.now
+        program.last_backend = program.backend
+        i = program.step
+        call = program.call(i)
+        # The previous call computed its prompt and all but its last output token (none of it
+        # survives a context reset).
+        same_chain = i > 0 and call.epoch == program.call(i - 1).epoch
+        known = program.context_tokens - 1 if same_chain else 0
+        program.context_tokens = call.prompt_tokens
+        backend = program.backend
+        request = Request(
+            program_id=program.id,
+            step=i,
+            prompt_tokens=call.prompt_tokens,
+            output_tokens=call.output_tokens,
+            prefix_id=program.prefix_id,
+            prefix_tokens=program.prefix_tokens,
+            submit_time=self.now,
+            known_tokens=known,
+            chain_id=chain_key(program.id, call.epoch),
+            forward=call.forward,
+        )
+        self.backends[backend].submit(
+            request, lambda usage: self._call_done(program, usage, backend)
+        )
+
+    def _call_done(self, program: Program, usage: Usage, backend: int) -> None:
+        program.in_flight = False
+        program.context_tokens = usage.prompt_tokens + usage.output_tokens
+        program.peak_context = max(program.peak_context, program.context_tokens)
+        program.step += 1
+        program.phase = Phase.ACTING
+        program.acting_since = self.now
+        program.last_usage = usage
+        if program.first_response_time is None:
+            program.first_response_time = self.now
+        if program.status is Status.PAUSED:
+            program.backend = None  # paused while its call ran: unbind now
+        if self.observer is not None:
+            self.observer.on_call_done(program, usage, backend)
+        self._apply(self.policy.on_response(self.view, program.view))
+        self.clock.fire(self._waiters.pop(program.id), usage)
+
+    # ---- decisions -----------------------------------------------------------------------
+    def _apply(self, decisions: list[Decision] | None) -> None:
+        for d in decisions or ():
+            self._apply_one(d)
+
+    def _program(self, d: Decision) -> Program:
+        p = self.live.get(d.program_id)
+        if p is None:
+            state = "finished" if d.program_id in self.programs else "unknown"
+            raise PolicyError(f"{type(d).__name__}({d.program_id}): program is {state}")
+        return p
+
+    def _check_backend(self, d: Decision, index: int) -> None:
+        if not 0 <= index < len(self.backends):
+            raise PolicyError(f"{d}: no backend {index} (have {len(self.backends)})")
+        if not self.backends[index].alive:
+            raise PolicyError(f"{d}: backend {index} is down")
+
+    def _apply_one(self, d: Decision) -> None:
+        p = self._program(d)
+        if isinstance(d, Restore):
+            if p.status not in (Status.WAITING, Status.PAUSED):
+                raise PolicyError(f"{d}: program is {p.status.name}, not WAITING or PAUSED")
+            self._check_backend(d, d.backend)
+            if p.pending:
+                self.held -= 1
+            p.status = Status.ACTIVE
+            p.backend = d.backend
+            self._dispatch(p)
+        elif isinstance(d, Pause):
+            if p.status is not Status.ACTIVE:
+                raise PolicyError(f"{d}: program is {p.status.name}, not ACTIVE")
+            p.status = Status.PAUSED
+            if not p.in_flight:
+                p.backend = None
+        elif isinstance(d, Route):
+            if p.status is not Status.ACTIVE:
+                raise PolicyError(f"{d}: program is {p.status.name}, not ACTIVE")
+            if p.in_flight:
+                raise PolicyError(f"{d}: program has a call running")
+            self._check_backend(d, d.backend)
+            p.backend = d.backend
+        elif isinstance(d, Pin):
+            if p.in_flight or p.last_backend is None:
+                raise PolicyError(f"{d}: program has no cached KV to pin (call running or none)")
+            if not d.ttl_s > 0:
+                raise PolicyError(f"{d}: ttl must be > 0")
+            self.backends[p.last_backend].pin(p.id, d.ttl_s)
+        else:
+            raise PolicyError(f"not a decision: {d!r}")
+        self.decisions_applied += 1

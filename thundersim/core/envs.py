@@ -1,0 +1,407 @@
+"""The tool resource manager: every program's tool environment (sandbox disk, network ports, a
+process) with a lifecycle, the T of P = <ID, c, T, L, tau, s>.
+
+- Preparation: a program's environment is prepared before its first call. Requests queue FIFO
+  under the disk and port limits: when one would exceed a limit, admission waits (nothing fails),
+  and a large environment is not overtaken by small ones behind it.
+- Garbage collection (`gc`): the environment is torn down the moment its program finishes or is
+  released. Without it (`none`, the paper's baseline) it stays until the end of the run.
+- Asynchronous preparation (`gc+prefetch`): the environments of the programs that will be
+  admitted next (the head of the closed-loop queue) are prepared while the others reason, as
+  many as the completion rate needs to hide the preparation time, within the limits, and only
+  when no arrived program is waiting for room.
+
+Clock-agnostic like the Cluster: environments are made and removed by an `EnvProvider`, the
+simulated one (thundersim.sim.sandbox) or a real one (thundersim.engine_adapters.sandbox). The manager hands
+the provider the trace's uncontended preparation time; what contention does to it is the
+provider's business (the simulated one shares its service among the preparations in progress,
+a real one takes as long as it takes). Each environment records how many preparations were in
+progress when it started and, on average, while it was being prepared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pandas as pd
+
+from thundersim.traces.schema import EnvSpec, ProgramSpec
+
+MODES = ("none", "gc", "gc+prefetch")
+
+# Prefetch sizing (`gc+prefetch`). The paper prepares environments asynchronously "for programs
+# about to be restored" and publishes no depth; thundersim prepares as many ahead as hide one
+# preparation time at the recent completion rate, with these four choices of its own.
+# provenance: estimate — a cap on environments prepared ahead of their programs, so that a burst
+# of finishes (a near-zero gap between them) cannot start preparing the whole queue at once
+MAX_PREFETCH = 16
+# provenance: estimate — the completion rate and the mean preparation time are taken over the
+# last 16 finished programs / removed environments: long enough to smooth single tool-time
+# outliers, short enough to follow a phase change of the workload
+RATE_WINDOW = 16
+# provenance: estimate — before two programs have finished there is no rate: prepare one ahead
+INITIAL_PREFETCH_DEPTH = 1
+# provenance: estimate — one environment more than the rate needs, so that the next program does
+# not wait on a preparation that started just in time
+PREFETCH_SPARE = 1
+
+
+class EnvLimitReached(RuntimeError):
+    """Without garbage collection nothing is ever freed: once the next environment does not fit
+    the limits, the run cannot go on (the paper's baseline crossing its 2 TB disk)."""
+
+
+class EnvProvider(Protocol):
+    """Makes and removes environments (simulated timeouts, or real directories, ports and
+    processes)."""
+
+    def prepare(
+        self, key: str, spec: EnvSpec, duration_s: float, on_ready: Callable[[Any], None]
+    ) -> None:
+        """Start preparing; call on_ready(handle) once it is usable. duration_s is the trace's
+        uncontended preparation time; a provider that models contention stretches it."""
+
+    def teardown(self, handle: Any) -> None:
+        """Remove it now: files, ports, processes."""
+
+
+@dataclass(frozen=True)
+class EnvLimits:
+    disk_bytes: int | None = None  # None: unlimited
+    ports: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("disk_bytes", "ports"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"env limit {name} must be >= 0, got {v}")
+
+
+class Env:
+    """One environment: its owner, its resources and the times of its life."""
+
+    __slots__ = (
+        "concurrent",
+        "handle",
+        "k_area_start",
+        "key",
+        "mean_concurrent",
+        "owner_done",
+        "prefetched",
+        "prep_s",
+        "program_id",
+        "ready_t",
+        "removed_t",
+        "requested_t",
+        "spec",
+        "start_t",
+        "state",
+        "waiters",
+    )
+
+    def __init__(self, program_id: str, key: str, spec: EnvSpec, now: float, prefetched: bool):
+        self.program_id = program_id
+        self.key = key  # provider-safe name (program ids are untrusted text)
+        self.spec = spec
+        self.prefetched = prefetched
+        self.state = "queued"  # queued -> preparing -> ready -> removed
+        self.requested_t = now
+        self.start_t: float | None = None
+        self.ready_t: float | None = None
+        self.removed_t: float | None = None
+        self.prep_s = 0.0
+        self.concurrent = 0  # preparations in progress when it started (itself included)
+        # preparations in progress on average from its start to ready (itself included)
+        self.mean_concurrent: float | None = None
+        self.k_area_start = 0.0  # the manager's integral of preparations in progress, at start
+        self.handle: Any = None
+        self.owner_done = False
+        self.waiters: list = []
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+
+class EnvManager:
+    def __init__(
+        self,
+        clock,
+        provider: EnvProvider,
+        mode: str = "gc+prefetch",
+        limits: EnvLimits | None = None,
+        upcoming: Callable[[], Iterable[ProgramSpec]] | None = None,
+        max_prefetch: int = MAX_PREFETCH,
+    ):
+        if mode not in MODES:
+            raise ValueError(f"unknown tool-manager mode {mode!r}; valid: {', '.join(MODES)}")
+        self.clock = clock
+        self.provider = provider
+        self.mode = mode
+        self.limits = limits or EnvLimits()
+        self.upcoming = upcoming  # specs of programs not yet arrived, in admission order
+        self.max_prefetch = max_prefetch
+        self.envs: dict[str, Env] = {}  # program id -> its environment (until removed)
+        self.done: list[Env] = []  # removed environments
+        self._queue: deque[Env] = deque()
+        self.disk = 0
+        self.ports = 0
+        self.preparing = 0
+        self._k_area = 0.0  # integral over time of `preparing` (preparation-seconds)
+        self._k_t = clock.now if clock is not None else 0.0  # when _k_area was last updated
+        self.peak_disk = 0
+        self.peak_ports = 0
+        self._finishes: list[float] = []
+        self._usage: list[tuple] = []
+        self._seq = 0
+        self.closed = False
+        self.leaked_at_end = 0
+        self._record()
+
+    # ---- what the Driver reports -----------------------------------------------------------
+    def acquire(self, program) -> Any:
+        """The program arrived: an event that fires when its environment is ready (at once if
+        it was prepared ahead). The environment becomes the program's T."""
+        env = self.envs.get(program.id)
+        if env is None:
+            env = self._new(program.id, program.spec.env, prefetched=False)
+            self._queue.append(env)
+            self._pump()
+        program.envs = (env,)
+        event = self.clock.new_event()
+        if env.ready:
+            self.clock.fire(event, env)
+        else:
+            env.waiters.append(event)
+        return event
+
+    def release(self, program) -> None:
+        """The program finished (or was released): collect its environment unless in `none`."""
+        env = self.envs.get(program.id)
+        self._finishes.append(self.clock.now)
+        if env is None:
+            return
+        env.owner_done = True
+        if self.mode != "none":
+            self._remove(env)
+        self._pump()
+
+    def close(self) -> None:
+        """End of the run (finished or interrupted): remove every environment still held,
+        including ones still preparing and the baseline's kept ones."""
+        self.closed = True
+        self._queue.clear()
+        for env in list(self.envs.values()):
+            self._remove(env)
+        close = getattr(self.provider, "close", None)
+        if close is not None:
+            close()  # anything it still holds (a preparation cut short)
+
+    # ---- tables ------------------------------------------------------------------------------
+    def usage_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            self._usage,
+            columns=["t", "disk_bytes", "ports", "envs", "preparing", "waiting", "finished"],
+        )
+
+    def preps_frame(self) -> pd.DataFrame:
+        rows = [
+            (
+                e.program_id,
+                e.prefetched,
+                e.requested_t,
+                e.start_t,
+                e.ready_t,
+                e.removed_t,
+                e.prep_s,
+                e.concurrent,
+                e.mean_concurrent,
+                e.spec.disk_bytes,
+                e.spec.ports,
+            )
+            for e in [*self.done, *self.envs.values()]
+        ]
+        return pd.DataFrame(
+            rows,
+            columns=[
+                "program",
+                "prefetched",
+                "requested_t",
+                "start_t",
+                "ready_t",
+                "removed_t",
+                "prep_s",
+                "concurrent_preps",  # in progress when it started, itself included
+                "mean_concurrent_preps",  # in progress on average until ready (NaN: not ready)
+                "disk_bytes",
+                "ports",
+            ],
+        )
+
+    def summary(self, programs: Iterable) -> dict:
+        """`env` of summary.json. Waits are per program: arrival to environment ready."""
+        waits = [
+            p.ready_time - p.arrival_time
+            for p in programs
+            if p.ready_time is not None and p.arrival_time is not None
+        ]
+        all_envs = [*self.done, *self.envs.values()]
+        preps = [e.prep_s for e in all_envs if e.ready_t is not None]
+        return {
+            "mode": self.mode,
+            "peak_disk_bytes": self.peak_disk,
+            "peak_ports": self.peak_ports,
+            # environments of finished programs still held when the run ended (before close)
+            "leaked_envs": self.leaked_at_end,
+            "envs_prepared": len(preps),
+            "prefetched": sum(e.prefetched for e in all_envs),
+            "mean_prep_s": sum(preps) / len(preps) if preps else 0.0,
+            "mean_env_wait_s": sum(waits) / len(waits) if waits else 0.0,
+            "disk_limit_bytes": self.limits.disk_bytes,
+            "port_limit": self.limits.ports,
+        }
+
+    def mark_end(self) -> None:
+        """The workload is over (call before close): environments of finished programs still
+        held now are what garbage collection left behind (all of them without it)."""
+        self.leaked_at_end = sum(1 for e in self.envs.values() if e.owner_done)
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _new(self, program_id: str, spec: EnvSpec, prefetched: bool) -> Env:
+        self._seq += 1
+        env = Env(program_id, f"env-{self._seq}", spec, self.clock.now, prefetched)
+        self.envs[program_id] = env
+        return env
+
+    def _fits(self, spec: EnvSpec) -> bool:
+        lim = self.limits
+        if lim.disk_bytes is not None and self.disk + spec.disk_bytes > lim.disk_bytes:
+            return False
+        return lim.ports is None or self.ports + spec.ports <= lim.ports
+
+    def _check_possible(self, spec: EnvSpec, program_id: str) -> None:
+        lim = self.limits
+        if (lim.disk_bytes is not None and spec.disk_bytes > lim.disk_bytes) or (
+            lim.ports is not None and spec.ports > lim.ports
+        ):
+            raise ValueError(
+                f"program {program_id}: its environment ({spec.disk_bytes} bytes, {spec.ports} "
+                f"ports) exceeds the limits ({lim.disk_bytes} bytes, {lim.ports} ports)"
+            )
+
+    def _pump(self) -> None:
+        """Start what fits: queued programs first (FIFO), then prefetches."""
+        if self.closed:
+            return
+        while self._queue:
+            head = self._queue[0]
+            self._check_possible(head.spec, head.program_id)
+            if not self._fits(head.spec):
+                if self.mode == "none":
+                    raise EnvLimitReached(
+                        f"tool manager 'none' keeps every environment: the limits "
+                        f"({self.limits.disk_bytes} bytes, {self.limits.ports} ports) are full "
+                        f"with {len(self.envs)} environments ({len(self._finishes)} programs "
+                        "finished) and nothing is ever freed"
+                    )
+                break
+            self._queue.popleft()
+            self._start(head)
+        if not self._queue and self.mode == "gc+prefetch" and self.upcoming is not None:
+            self._prefetch()
+        self._record()
+
+    def _prefetch_depth(self) -> int:
+        """How many not-yet-arrived programs to prepare ahead: enough to cover one preparation
+        time at the recent completion rate (programs finish -> the next ones arrive)."""
+        if len(self._finishes) < 2:
+            return INITIAL_PREFETCH_DEPTH
+        recent = self._finishes[-RATE_WINDOW:]
+        gap = (recent[-1] - recent[0]) / (len(recent) - 1)
+        prep = [e.prep_s for e in self.done[-RATE_WINDOW:] if e.ready_t is not None] or [
+            e.prep_s for e in self.envs.values() if e.ready_t is not None
+        ]
+        mean_prep = sum(prep) / len(prep) if prep else 0.0
+        if gap <= 0:
+            return self.max_prefetch
+        return min(self.max_prefetch, math.ceil(mean_prep / gap) + PREFETCH_SPARE)
+
+    def _prefetch(self) -> None:
+        depth = self._prefetch_depth()
+        for n, spec in enumerate(self.upcoming()):
+            if n >= depth:
+                break
+            if spec.id in self.envs or (spec.env.prep_s <= 0 and not spec.env.disk_bytes):
+                continue
+            if not self._fits(spec.env):
+                break
+            self._start(self._new(spec.id, spec.env, prefetched=True))
+
+    def _start(self, env: Env) -> None:
+        self.disk += env.spec.disk_bytes
+        self.ports += env.spec.ports
+        self.peak_disk = max(self.peak_disk, self.disk)
+        self.peak_ports = max(self.peak_ports, self.ports)
+        self._count_preparing(+1)
+        env.state = "preparing"
+        env.start_t = self.clock.now
+        env.concurrent = self.preparing
+        env.k_area_start = self._k_area
+        duration = max(env.spec.prep_s, 0.0)  # uncontended: contention is the provider's
+        self.provider.prepare(env.key, env.spec, duration, lambda h, e=env: self._ready(e, h))
+
+    def _ready(self, env: Env, handle: Any) -> None:
+        env.handle = handle
+        if env.state == "removed":  # torn down (end of run) while it was being prepared
+            self.provider.teardown(handle)
+            return
+        self._count_preparing(-1)
+        env.state = "ready"
+        env.ready_t = self.clock.now
+        env.prep_s = env.ready_t - env.start_t
+        env.mean_concurrent = (
+            (self._k_area - env.k_area_start) / env.prep_s if env.prep_s > 0 else env.concurrent
+        )
+        for event in env.waiters:
+            self.clock.fire(event, env)
+        env.waiters.clear()
+        self._record()
+
+    def _remove(self, env: Env) -> None:
+        if env.state == "removed":
+            return
+        if env.state == "preparing":
+            self._count_preparing(-1)
+        if env.state != "queued":
+            self.disk -= env.spec.disk_bytes
+            self.ports -= env.spec.ports
+        if env.handle is not None:
+            self.provider.teardown(env.handle)
+        env.state = "removed"
+        env.removed_t = self.clock.now
+        del self.envs[env.program_id]
+        self.done.append(env)
+        self._record()
+
+    def _count_preparing(self, delta: int) -> None:
+        now = self.clock.now
+        self._k_area += self.preparing * (now - self._k_t)
+        self._k_t = now
+        self.preparing += delta
+
+    def _record(self) -> None:
+        self._usage.append(
+            (
+                self.clock.now,
+                self.disk,
+                self.ports,
+                len(self.envs),
+                self.preparing,
+                len(self._queue),
+                len(self._finishes),  # programs finished so far (disk vs processed workflows)
+            )
+        )

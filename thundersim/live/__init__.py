@@ -1,0 +1,8 @@
+"""The live path: the same Cluster and policy objects against real engines, on asyncio.
+
+Reading guide:
+- `driver.py`: `run_live`, the program lifecycle on the event loop's clock, and the per-step
+  live log;
+- `serve.py`: the OpenAI-compatible proxy that lets real agents run through a policy;
+- `calibrate.py`: fits a latency profile from a live engine, and validates sim against live.
+"""

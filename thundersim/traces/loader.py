@@ -1,0 +1,115 @@
+"""Reading and writing trace files (JSONL, one program per line; the schema is
+thundersim.traces.schema), and scaling a trace's timings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+from thundersim.traces.schema import (
+    EnvSpec,
+    ProgramSpec,
+    StepSpec,
+    TraceError,
+    _fail,
+    program_from_dict,
+    program_to_dict,
+)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    # json.loads keeps the last of two equal keys without a word; in a trace that hides typos.
+    d: dict = {}
+    for key, value in pairs:
+        if key in d:
+            raise _DuplicateKey(key)
+        d[key] = value
+    return d
+
+
+def load_trace(path: str | Path) -> list[ProgramSpec]:
+    """Read and validate a whole trace, all or nothing.
+
+    Raises TraceError on the first bad line; blank lines and ``#`` comments are skipped.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read ({e.strerror})") from None
+
+    programs: list[ProgramSpec] = []
+    first_line: dict[str, int] = {}  # program id -> line that defined it
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            d = json.loads(stripped, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKey as e:
+            raise _fail(where, "key appears twice in one object", str(e)) from None
+        except json.JSONDecodeError as e:
+            raise _fail(where, f"not valid JSON ({e.msg} at column {e.colno})") from None
+        program = program_from_dict(d, where)
+        if program.id in first_line:
+            raise _fail(
+                where,
+                f"duplicate program id {program.id!r}, first defined at line "
+                f"{first_line[program.id]}, again at line {lineno}",
+                "id",
+            )
+        first_line[program.id] = lineno
+        programs.append(program)
+    if not programs:
+        raise TraceError(f"{path}: trace has no programs")
+    return programs
+
+
+def dump_trace(programs: Iterable[ProgramSpec], fp: IO[str]) -> None:
+    """Write one compact JSON object per line, keys in the documented order."""
+    for p in programs:
+        fp.write(json.dumps(program_to_dict(p), separators=(",", ":"), allow_nan=False))
+        fp.write("\n")
+
+
+def scale_trace(
+    programs: Iterable[ProgramSpec], token_scale: float = 1.0, time_scale: float = 1.0
+) -> list[ProgramSpec]:
+    """Shrink every token count by token_scale and every tool / preparation / arrival time by
+    time_scale, so a real trace fits a small engine and a short experiment. Counts stay >= 1."""
+    if token_scale <= 0 or time_scale <= 0:
+        raise ValueError("scales must be > 0")
+
+    def tok(n: int) -> int:
+        return max(1, round(n * token_scale))
+
+    out = []
+    for p in programs:
+        steps = tuple(
+            StepSpec(
+                tok(s.input_tokens), tok(s.output_tokens), s.tool, s.tool_s * time_scale, s.reset
+            )
+            for s in p.steps
+        )
+        out.append(
+            ProgramSpec(
+                id=p.id,
+                workload=p.workload,
+                arrival_s=p.arrival_s * time_scale,
+                prefix_id=p.prefix_id,
+                prefix_tokens=round(p.prefix_tokens * token_scale) if p.prefix_id else 0,
+                env=EnvSpec(p.env.prep_s * time_scale, p.env.disk_bytes, p.env.ports),
+                steps=steps,
+            )
+        )
+    return out

@@ -1,0 +1,321 @@
+"""Trace schema v1: one agent program per JSON line, and its loader.
+
+A trace is what the Driver replays: for every program, the LLM calls it makes and the tool
+it runs after each one. Context grows cumulatively: the i-th call's prompt is the shared
+prefix plus every earlier input and output plus the i-th call's new input tokens.
+
+JSON line format (keys in this order; ``#`` comments and blank lines are skipped)::
+
+    {"version": 1, "id": "swe-0001", "workload": "swe", "arrival_s": 0.0,
+     "prefix": {"id": "swe-system", "tokens": 3000},          # shared system prompt; {"id": null, "tokens": 0} or omitted = none
+     "env": {"prep_s": 30.0, "disk_bytes": 2000000000, "ports": 1},   # optional, defaults 0
+     "steps": [{"input_tokens": 812, "output_tokens": 150, "tool": "bash", "tool_s": 1.8}, ...]}
+
+Every step field is required but ``reset``. ``tool`` is the tool run after that step's LLM call;
+the final answer may have ``"tool": ""`` with ``"tool_s": 0``. ``"reset": true`` (optional)
+marks a call before which the agent reset its context (condensation, restart): its prompt is
+the shared prefix plus its own input only, and nothing of the old context is reused.
+
+Loading is all-or-nothing: ``load_trace`` validates every line and raises ``TraceError`` with
+``PATH:LINE: what is wrong (field NAME)`` on the first bad one, so a typo never turns into a
+silently different experiment and nothing is ever half-loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "TRACE_VERSION",
+    "EnvSpec",
+    "ProgramSpec",
+    "StepSpec",
+    "TraceError",
+    "program_from_dict",
+    "program_to_dict",
+]
+
+TRACE_VERSION = 1
+
+# Seconds are written with millisecond resolution: finer is noise next to tool and prep times,
+# and a fixed resolution makes dumped traces byte-stable across platforms.
+_SECONDS_DECIMALS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """One LLM call of a program and the tool it runs afterwards."""
+
+    input_tokens: int  # new tokens appended to the context before this call (≥ 1)
+    output_tokens: int  # tokens the call generates (≥ 1)
+    tool: str  # tool run after the call; "" = none (final answer)
+    tool_s: float  # the tool's duration in seconds (0 when tool is "")
+    # The agent reset its context before this call (condensation, restart): the prompt is the
+    # shared prefix plus this call's input only, and none of the old context can be reused.
+    reset: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EnvSpec:
+    """The tool environment (sandbox) a program holds while it runs."""
+
+    prep_s: float = 0.0  # seconds to prepare it before the first call
+    disk_bytes: int = 0  # disk it occupies until released
+    ports: int = 0  # network ports it holds
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramSpec:
+    """One agent program as recorded in a trace; immutable, so one trace can feed many runs."""
+
+    id: str
+    workload: str
+    arrival_s: float
+    prefix_id: str | None  # shared system prompt's id (programs with equal ids share its KV)
+    prefix_tokens: int
+    env: EnvSpec
+    steps: tuple[StepSpec, ...]
+    # prompt length of every call, precomputed so prompt_tokens() is O(1) in the hot loop
+    _prompts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _epochs: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Accept any sequence from generators but store a tuple, so the spec stays hashable.
+        steps = tuple(self.steps)
+        object.__setattr__(self, "steps", steps)
+        prompts, epochs = [], []
+        context, epoch = self.prefix_tokens, 0
+        for step in steps:
+            if step.reset:
+                context, epoch = self.prefix_tokens, epoch + 1
+            context += step.input_tokens
+            prompts.append(context)
+            epochs.append(epoch)
+            context += step.output_tokens
+        object.__setattr__(self, "_prompts", tuple(prompts))
+        object.__setattr__(self, "_epochs", tuple(epochs))
+
+    def epoch(self, i: int) -> int:
+        """How many context resets happened up to and including call i."""
+        return self._epochs[i]
+
+    @property
+    def peak_context(self) -> int:
+        """The largest context any call reaches (prompt + output): the KV a replica must fit."""
+        return max(p + s.output_tokens for p, s in zip(self._prompts, self.steps, strict=True))
+
+    def prompt_tokens(self, i: int) -> int:
+        """Context length at the i-th LLM call (0-based).
+
+        = prefix_tokens + input_tokens[0..i] + output_tokens[0..i-1], in O(1).
+        """
+        if not 0 <= i < len(self._prompts):
+            raise IndexError(f"program {self.id!r} has {len(self._prompts)} steps, no step {i}")
+        return self._prompts[i]
+
+    @property
+    def final_context(self) -> int:
+        """Context length after the last call's output: the program's peak KV footprint."""
+        return self._prompts[-1] + self.steps[-1].output_tokens
+
+
+class TraceError(ValueError):
+    """A trace that cannot be loaded; the message is ``PATH:LINE: what is wrong (field NAME)``."""
+
+
+# --- validation -------------------------------------------------------------------------------
+
+_TOP_KEYS = ("version", "id", "workload", "arrival_s", "prefix", "env", "steps")
+_REQUIRED_TOP = ("version", "id", "workload", "arrival_s", "steps")
+_PREFIX_KEYS = ("id", "tokens")
+_ENV_KEYS = ("prep_s", "disk_bytes", "ports")
+_STEP_KEYS = ("input_tokens", "output_tokens", "tool", "tool_s", "reset")
+_REQUIRED_STEP = ("input_tokens", "output_tokens", "tool", "tool_s")
+
+
+def _fail(where: str, what: str, name: str | None = None) -> TraceError:
+    return TraceError(f"{where}: {what}" + (f" (field {name})" if name else ""))
+
+
+def _check_keys(
+    obj: Any,
+    allowed: tuple[str, ...],
+    required: tuple[str, ...],
+    where: str,
+    name: str | None,
+) -> dict:
+    """`obj` must be an object with only `allowed` keys and every `required` one."""
+    if not isinstance(obj, dict):
+        if name is None:
+            raise _fail(where, f"expected a JSON object, got {_json_type(obj)}")
+        raise _fail(where, f"expected an object, got {_json_type(obj)}", name)
+    for key in obj:
+        if key not in allowed:
+            full = f"{name}.{key}" if name else key
+            raise _fail(
+                where,
+                f"unknown key {key!r}, expected one of {', '.join(allowed)}",
+                full,
+            )
+    for key in required:
+        if key not in obj:
+            raise _fail(where, "missing required field", f"{name}.{key}" if name else key)
+    return obj
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _int(value: Any, where: str, name: str, minimum: int = 0) -> int:
+    # bool is a subclass of int in Python; `true` in a token count is a bug, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, f"expected an integer, got {_json_type(value)}", name)
+    if value < minimum:
+        if minimum == 0:
+            raise _fail(where, f"must not be negative, got {value}", name)
+        raise _fail(where, f"must be at least {minimum}, got {value}", name)
+    return value
+
+
+def _seconds(value: Any, where: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(where, f"expected a number of seconds, got {_json_type(value)}", name)
+    value = float(value)
+    if not math.isfinite(value):
+        raise _fail(where, f"must be finite, got {value}", name)
+    if value < 0:
+        raise _fail(where, f"must not be negative, got {value}", name)
+    return value
+
+
+def _str(value: Any, where: str, name: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, f"expected a string, got {_json_type(value)}", name)
+    if not value and not allow_empty:
+        raise _fail(where, "must not be empty", name)
+    return value
+
+
+def program_from_dict(d: dict, where: str) -> ProgramSpec:
+    """Validate one parsed trace line and build its ProgramSpec.
+
+    `where` ("path:line") prefixes every error message.
+    """
+    if not isinstance(d, dict):
+        raise _fail(where, f"expected a JSON object, got {_json_type(d)}")
+    # The version comes first: a line from a newer schema should say so, not list odd keys.
+    if "version" not in d:
+        raise _fail(where, "missing required field", "version")
+    version = d["version"]
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise _fail(where, f"expected an integer, got {_json_type(version)}", "version")
+    if version != TRACE_VERSION:
+        raise _fail(
+            where,
+            f"unsupported trace version {version}, this thundersim reads version {TRACE_VERSION}",
+            "version",
+        )
+    _check_keys(d, _TOP_KEYS, _REQUIRED_TOP, where, None)
+
+    program_id = _str(d["id"], where, "id")
+    workload = _str(d["workload"], where, "workload")
+    arrival_s = _seconds(d["arrival_s"], where, "arrival_s")
+
+    prefix_id: str | None = None
+    prefix_tokens = 0
+    if "prefix" in d:
+        prefix = _check_keys(d["prefix"], _PREFIX_KEYS, _PREFIX_KEYS, where, "prefix")
+        if prefix["id"] is not None:
+            prefix_id = _str(prefix["id"], where, "prefix.id")
+        prefix_tokens = _int(prefix["tokens"], where, "prefix.tokens")
+        if prefix_tokens > 0 and prefix_id is None:
+            # Without an id nothing can share the prefix's KV, so it is a mistake, not a prefix.
+            raise _fail(where, f"{prefix_tokens} prefix tokens but no prefix id", "prefix.id")
+
+    env = EnvSpec()
+    if "env" in d:
+        raw_env = _check_keys(d["env"], _ENV_KEYS, (), where, "env")
+        env = EnvSpec(
+            prep_s=_seconds(raw_env.get("prep_s", 0.0), where, "env.prep_s"),
+            disk_bytes=_int(raw_env.get("disk_bytes", 0), where, "env.disk_bytes"),
+            ports=_int(raw_env.get("ports", 0), where, "env.ports"),
+        )
+
+    raw_steps = d["steps"]
+    if not isinstance(raw_steps, list):
+        raise _fail(where, f"expected an array, got {_json_type(raw_steps)}", "steps")
+    if not raw_steps:
+        raise _fail(where, "a program needs at least one step", "steps")
+    steps = []
+    for k, raw in enumerate(raw_steps):
+        name = f"steps[{k}]"
+        _check_keys(raw, _STEP_KEYS, _REQUIRED_STEP, where, name)
+        # Every call sends at least one new token (the user turn or a tool observation), and
+        # an engine always generates at least one token.
+        input_tokens = _int(raw["input_tokens"], where, f"{name}.input_tokens", minimum=1)
+        output_tokens = _int(raw["output_tokens"], where, f"{name}.output_tokens", minimum=1)
+        tool = _str(raw["tool"], where, f"{name}.tool", allow_empty=True)
+        tool_s = _seconds(raw["tool_s"], where, f"{name}.tool_s")
+        if not tool and tool_s > 0:
+            raise _fail(where, f"tool_s is {tool_s} but no tool is named", f"{name}.tool")
+        reset = raw.get("reset", False)
+        if not isinstance(reset, bool):
+            raise _fail(where, f"expected true or false, got {_json_type(reset)}", f"{name}.reset")
+        steps.append(StepSpec(input_tokens, output_tokens, tool, tool_s, reset))
+
+    return ProgramSpec(
+        id=program_id,
+        workload=workload,
+        arrival_s=arrival_s,
+        prefix_id=prefix_id,
+        prefix_tokens=prefix_tokens,
+        env=env,
+        steps=tuple(steps),
+    )
+
+
+def program_to_dict(p: ProgramSpec) -> dict:
+    """The JSON line of a program, every key present, in the documented order."""
+    return {
+        "version": TRACE_VERSION,
+        "id": p.id,
+        "workload": p.workload,
+        "arrival_s": round(p.arrival_s, _SECONDS_DECIMALS),
+        "prefix": {"id": p.prefix_id, "tokens": p.prefix_tokens},
+        "env": {
+            "prep_s": round(p.env.prep_s, _SECONDS_DECIMALS),
+            "disk_bytes": p.env.disk_bytes,
+            "ports": p.env.ports,
+        },
+        "steps": [_step_to_dict(s) for s in p.steps],
+    }
+
+
+def _step_to_dict(s: StepSpec) -> dict:
+    d = {
+        "input_tokens": s.input_tokens,
+        "output_tokens": s.output_tokens,
+        "tool": s.tool,
+        "tool_s": round(s.tool_s, _SECONDS_DECIMALS),
+    }
+    if s.reset:  # optional: traces without resets stay as they were
+        d["reset"] = True
+    return d
+
+
+# --- files ------------------------------------------------------------------------------------
