@@ -1,0 +1,86 @@
+"""The Typer application, its sub-command groups, and the options and helpers the command
+modules share."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+
+from thundersim.sim.catalog import GPUS, MODELS
+
+app = typer.Typer(
+    pretty_exceptions_enable=False,
+    help="Simulator and policy lab for program-aware agentic LLM inference.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+trace_app = typer.Typer(help="Make and inspect traces.", no_args_is_help=True)
+app.add_typer(trace_app, name="trace")
+
+DEFAULT_TRACE = Path("traces/swe.jsonl")
+
+
+def warmup_or_default(horizon: float, warmup: float) -> float | None:
+    """The CLI's warm-up option as RunConfig takes it (None: the default for the horizon)."""
+    if warmup < 0:
+        return None
+    if not horizon:
+        raise ValueError("--warmup needs --horizon: a finite run is measured whole")
+    return warmup
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+# Options shared by `run` and `compare` (typer reads them off the signatures).
+TRACE_OPT = typer.Option(DEFAULT_TRACE, help="Trace file (JSONL, schema v1).")
+REPLICAS_OPT = typer.Option(1, help="Engine replicas (data parallel).")
+GPU_OPT = typer.Option("H100-SXM", help=f"GPU: {', '.join(GPUS)}.")
+MODEL_OPT = typer.Option("GLM-4.6", help=f"Model: {', '.join(MODELS)}.")
+TP_OPT = typer.Option(8, help="Tensor-parallel degree (GPUs per replica).")
+WDTYPE_OPT = typer.Option("fp8", help="Weight dtype: fp8, bf16, fp16, int8, int4.")
+KVDTYPE_OPT = typer.Option("fp8", help="KV cache dtype.")
+KV_TOKENS_OPT = typer.Option(
+    0, help="Override the KV capacity per replica in tokens (0 = from hardware x model)."
+)
+HORIZON_OPT = typer.Option(
+    0.0,
+    help="Horizon run: stop after this many simulated seconds and measure steady throughput over "
+    "[warm-up, horizon]; a closed loop recycles the trace (fresh program ids) so it never drains. "
+    "0 = run the trace to its end and measure the whole run.",
+)
+WARMUP_OPT = typer.Option(
+    -1.0, help="Seconds excluded from a horizon run's window (-1 = a quarter of the horizon)."
+)
+SEED_OPT = typer.Option(0, help="Seed for every random stream of the run.")
+DT_OPT = typer.Option(5.0, "--dt", help="Policy monitor period in seconds (the paper's Δt).")
+DECAY_OPT = typer.Option("pow:2", help="Acting-program decay: none, pow:X, exp:L.")
+PARAM_OPT = typer.Option(
+    None, "--param", help="Policy parameter key=value (repeatable; see `thundersim policies`)."
+)
+PROFILE_OPT = typer.Option(None, help="Calibrated latency profile (JSON) instead of the roofline.")
+JSON_OPT = typer.Option(False, "--json", help="Print JSON only on stdout.")
+
+
+engine_app = typer.Typer(help="Local vLLM replicas.", no_args_is_help=True)
+app.add_typer(engine_app, name="engine")
+
+EXECUTOR_OPT = typer.Option("local", help="local (processes here) or ray (a Ray cluster).")
+WORKERS_OPT = typer.Option(0, help="Parallel workers (0 = one per CPU).")
+CACHE_OPT = typer.Option(Path("runs/cache"), help="Cache of finished points (by input hash).")
+REDUCED_OPT = typer.Option(False, help="The specs' reduced grids (what CI runs).")
+
+
+def run_fast(coro):
+    """asyncio.run on uvloop where it is installed: it roughly halves the proxy's CPU per
+    request (measured by experiments/bench_proxy.py), which on a machine that also runs the
+    engine is latency taken from the engine."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -1,0 +1,232 @@
+"""Commands against real engines: `calibrate`, `validate`, `engine up`, `serve`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from thundersim.cli.app import (
+    DECAY_OPT,
+    DT_OPT,
+    JSON_OPT,
+    PARAM_OPT,
+    SEED_OPT,
+    TRACE_OPT,
+    app,
+    engine_app,
+    fail,
+    run_fast,
+)
+from thundersim.core.policy import PolicyOptions, parse_params
+from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
+from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.live.calibrate import calibrate, validate
+from thundersim.policies import registry
+from thundersim.sim.latency import LatencyProfile
+from thundersim.traces.loader import load_trace, scale_trace
+from thundersim.traces.schema import TraceError
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    backends: str = typer.Option(..., help="URL of the live server to measure."),
+    out: Path = typer.Option(Path("latency-profile.json"), help="Where to write the profile."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Measure a live engine's prefill and decode times and write a latency profile."""
+    url = backends.split(",")[0].strip()
+    try:
+        profile, samples = calibrate(url)
+    except (RuntimeError, OSError, ValueError) as exc:
+        fail(str(exc))
+    profile.save(out)
+    rows = [
+        {
+            "kind": kind,
+            "tokens": x[1],
+            "pairs": x[2],
+            "seqs": x[3],
+            "measured_s": y,
+            "fitted_s": q,
+        }
+        for x, kind, y, q in zip(
+            samples["X"], samples["kind"], samples["y"], samples["predicted"], strict=True
+        )
+    ]
+    if as_json:
+        result = {"profile": str(out), "prefill": samples["prefill"], "samples": rows}
+        typer.echo(json.dumps(result))
+        return
+    # prefill rows are cache-hit differences (a prefill alone) or raw requests (with overhead,
+    # a sequence and a round trip)
+    raw = samples["prefill"] == "raw"
+    prefill = "prefill request" if raw else "prefill (hit difference)"
+    for r in rows:
+        kind = prefill if r["kind"] == "prefill" else "decode iteration"
+        typer.echo(
+            f"{kind:24s} tokens {r['tokens']:6.0f}  seqs {r['seqs']:3.0f}"
+            f"  measured {1e3 * r['measured_s']:7.2f} ms  fitted {1e3 * r['fitted_s']:7.2f} ms"
+        )
+    p = profile
+    typer.echo(
+        f"profile: overhead {1e3 * p.overhead_s:.3f} ms, {1e6 * p.c_token:.3f} us/token, "
+        f"{1e9 * p.c_pair:.3f} ns/pair, {1e6 * p.c_seq:.3f} us/sequence"
+    )
+    typer.echo(f"profile written to {out}")
+
+
+@app.command("validate")
+def validate_cmd(
+    trace: Path = TRACE_OPT,
+    backends: str = typer.Option(..., help="URL of the live server."),
+    latency_profile: Path = typer.Option(..., help="Profile from `thundersim calibrate`."),
+    concurrency: int = typer.Option(8, help="Programs in the system at once."),
+    programs: int = typer.Option(16, help="Use the first N programs of the trace."),
+    token_scale: float = typer.Option(0.05, help="Multiply every token count by this."),
+    time_scale: float = typer.Option(0.05, help="Multiply tool/prep/arrival times by this."),
+    dt: float = typer.Option(0.5, "--dt", help="Policy monitor period (s)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run a trace live and simulated (with a calibrated profile) for vllm and stp and print
+    the relative error of throughput, KV hit rate and preemptions."""
+    url = backends.split(",")[0].strip()
+    try:
+        profile = LatencyProfile.load(latency_profile)
+        specs = scale_trace(load_trace(trace)[:programs], token_scale, time_scale)
+        options = PolicyOptions(tick_interval=dt, decay="none")
+        records = validate(url, specs, profile, concurrency, options)
+    except (ValueError, TraceError, RuntimeError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(records))
+        return
+    for r in records:
+        err = "-" if r["rel_error"] is None else f"{100 * r['rel_error']:+.1f} %"
+        typer.echo(
+            f"{r['policy']:5s} {r['metric']:26s} sim {r['sim']:10.3f}  live {r['live']:10.3f}"
+            f"  error {err}"
+        )
+
+
+@engine_app.command("up")
+def engine_up(
+    replicas: int = typer.Option(1, help="Number of local vLLM servers."),
+    port: int = typer.Option(8100, help="Port of the first replica (the next ones follow)."),
+    kv_blocks: int = typer.Option(0, help="Cap each KV pool at this many blocks (0 = no cap)."),
+    model: Path | None = typer.Option(
+        None, help="Model folder (default: a generated tiny Llama, dummy weights)."
+    ),
+    chat: bool = typer.Option(
+        False, help="Give the tiny model a tokenizer so /v1/chat/completions works."
+    ),
+    extra: list[str] | None = typer.Argument(None, help="Extra vLLM server arguments."),
+) -> None:
+    """Start local vLLM servers, print one URL per replica, stay until SIGINT/SIGTERM."""
+    engines = LocalEngines(
+        chat=chat,
+        replicas=replicas,
+        port=port,
+        kv_blocks=kv_blocks or None,
+        model=model,
+        extra_args=tuple(extra or ()),
+    )
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        for r in engines.start():
+            typer.echo(f"replica {r.url} pid {r.pid} log {r.log}", err=False)
+        sys.stdout.flush()
+        while True:
+            time.sleep(1.0)
+            dead = [r for r in engines.started if r.process.poll() is not None]
+            if dead:
+                fail(f"replica {dead[0].url} exited; log: {dead[0].log}", code=1)
+    except KeyboardInterrupt:
+        pass
+    except (RuntimeError, TimeoutError) as exc:
+        fail(str(exc), code=1)
+    finally:
+        engines.stop()
+
+
+@app.command()
+def serve(
+    backends: str = typer.Option(
+        ..., help="Comma-separated vLLM server URLs (the only ones used)."
+    ),
+    policy: str = typer.Option("stp", help="Scheduling policy (see `thundersim policies`)."),
+    router: str = typer.Option("least_loaded", help="Router for request-level placement."),
+    param: list[str] | None = PARAM_OPT,
+    dt: float = DT_OPT,
+    decay: str = DECAY_OPT,
+    seed: int = SEED_OPT,
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it)."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    token: str = typer.Option(
+        "", envvar="THUNDERSIM_TOKEN", help="Bearer token clients must send (env THUNDERSIM_TOKEN)."
+    ),
+    max_body_mb: float = typer.Option(8.0, help="Largest request body accepted, in MiB."),
+    idle_release_s: float = typer.Option(
+        1800.0, help="Release a program idle this long between calls (0 = never)."
+    ),
+    out: Path | None = typer.Option(None, help="On exit, write the run's tables here."),
+) -> None:
+    """OpenAI-compatible proxy for real agents: the policy schedules their programs on live
+    replicas. Send `program_id` with each call and POST /programs/release at the end."""
+    from thundersim.live.serve import Proxy, ServeConfig, serve_until_stopped
+
+    urls = [u.strip() for u in backends.split(",") if u.strip()]
+    try:
+        if not urls:
+            raise ValueError("--backends needs at least one URL")
+        options = PolicyOptions(
+            tick_interval=dt,
+            decay=decay,
+            seed=seed,
+            router=router,
+            params=parse_params(param or []),
+        )
+        pol = registry.make_policy(policy, options)
+        config = ServeConfig(
+            host=host,
+            port=port,
+            token=token or None,
+            max_body_bytes=int(max_body_mb * 2**20),
+            idle_release_s=idle_release_s,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+
+    async def main_async():
+        book = TokenBook(vocab=TINY_VOCAB)  # unused by forwarded calls; kept for the contract
+        live = [VLLMBackend(i, url, book) for i, url in enumerate(urls)]
+        try:
+            for b in live:
+                await b.connect()
+            proxy = Proxy(pol, live, config)
+
+            def ready() -> None:
+                typer.echo(f"serving on http://{host}:{port} ({policy}; {', '.join(urls)})")
+                sys.stdout.flush()
+
+            return await serve_until_stopped(proxy, on_ready=ready)
+        finally:
+            for b in live:
+                await b.close()
+
+    try:
+        result = run_fast(main_async())
+    except (ValueError, RuntimeError, OSError) as exc:
+        fail(str(exc), code=1)
+    if out is not None:
+        result.write(out)
+    s = result.summary
+    typer.echo(
+        f"served {s['programs_completed']} programs, {s['steps_completed']} steps; "
+        f"KV hit rate {100 * s['kv_hit_rate']:.1f} %",
+        err=True,
+    )
