@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(slots=True)
@@ -98,21 +98,77 @@ class EngineStats:
 
 
 class Backend(Protocol):
-    """One replica. `submit` queues a call and returns at once; the backend calls
-    `on_done(usage)` when the call has finished. Implementations: thundersim.sim.engine.SimBackend,
-    thundersim.engine_adapters.vllm.VLLMBackend."""
+    """One replica: everything the Cluster, the drivers, the Recorder and `serve` use of it.
+
+    `submit` queues a call and returns at once; the backend calls `on_done(usage)` when the call
+    has finished, or `on_failure(request, exc)` when the replica could not serve it (it died, it
+    answered garbage): exactly one of the two, once. The Cluster then hands the program back to
+    the policy. (Both callbacks come with the call, so nothing is wired in after construction.)
+    The async lifecycle (`connect`, `refresh`, `close`) is a no-op for a simulated replica.
+    Implementations: thundersim.sim.engine.SimBackend, thundersim.engine_adapters.vllm.VLLMBackend
+    (registered by name in thundersim.engine_adapters.registry)."""
 
     index: int
-    name: str
+    name: str  # where it is: "sim0", a server URL
+    model: str  # the model it serves ("" until connected)
     alive: bool  # False once the replica is down: policies must not place programs on it
 
     @property
     def capacity_tokens(self) -> int: ...
 
-    def submit(self, request: Request, on_done: Callable[[Usage], None]) -> None: ...
+    def submit(
+        self,
+        request: Request,
+        on_done: Callable[[Usage], None],
+        on_failure: Callable[[Request, Exception], None],
+    ) -> None: ...
 
     def stats(self) -> EngineStats: ...
 
     def pin(self, program_id: str, ttl_s: float) -> None:
         """Keep the program's cached KV unevictable for ttl_s (best effort: a backend that
         cannot pin ignores it and reports that in its stats)."""
+
+    def unpin(self, program_id: str) -> None:
+        """Release a pin early (the program finished); a no-op if there is none."""
+
+    async def connect(self) -> None:
+        """Health check, model name, capacity and counter baselines."""
+
+    async def refresh(self) -> None:
+        """Bring `stats()` up to date (a live engine's counters are scraped, not pushed)."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class KVSnapshot:
+    """One sample of a replica's KV pool, in tokens: what it holds and for whom, in the STP
+    model's terms (thundersim.metrics.recorder.KV_CATEGORIES)."""
+
+    used_tokens: int  # held by requests in the engine
+    cached_tokens: int  # free but still cached (evictable prefix-cache blocks)
+    running: int
+    waiting: int
+    decode: int  # held by decoding requests (and shared prompts in use)
+    prefill: int  # held by prompts being computed for the first time
+    recompute: int  # held by prompts computed again (after eviction or preemption)
+    cached_acting: int  # cached KV of programs in a tool call
+    cached_other: int  # the rest of the evictable cache
+    empty: int
+    # the queue's head cannot get its blocks (a queue waiting only for the token budget leaves
+    # free memory idle, not unused)
+    waiting_for_memory: bool
+    min_queued_tokens: float  # the smallest context queued in the engine (nan when none)
+
+
+@runtime_checkable
+class KVIntrospection(Protocol):
+    """The optional second protocol: a replica that can show its block pool (the simulated
+    one). The Recorder splits its KV into the STP cost terms from it; a replica without it
+    (a live vLLM exposes only KV in use) is sampled from `stats()`."""
+
+    def kv_snapshot(self, is_acting: Callable[[str], bool]) -> KVSnapshot:
+        """`is_acting(chain_key)`: whether the program owning that cached chain is in a tool
+        call."""
+        ...
