@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from thundersim.engine_adapters.sandbox import LocalSandbox, docker_available
 from thundersim.policies import make_policy
 
-from thundersim.core.envs import EnvLimits, EnvManager
+from thundersim.core.envs import EnvLimits, EnvManager, ToolManagerMode
 from thundersim.core.policy import Policy, PolicyOptions
 from thundersim.sim.driver import SimClock
 from thundersim.sim.sandbox import PREP_REF_K, SimSandbox, contended_prep, prep_seconds
@@ -451,7 +451,20 @@ def test_docker_provider_says_whether_an_engine_is_reachable():
 
 
 def test_env_manager_rejects_an_unknown_mode():
-    with pytest.raises(ValueError, match="valid: none, gc, gc\\+prefetch"):
+    with pytest.raises(ValueError) as bad:
         EnvManager(None, None, mode="sometimes")
+    assert str(bad.value) == "unknown tool-manager mode 'sometimes'; valid: none, gc, gc+prefetch"
     with pytest.raises(ValueError, match="must be >= 0"):
         EnvLimits(disk_bytes=-1)
+
+
+@pytest.mark.parametrize("text", ["none", "gc", "gc+prefetch"])
+def test_env_manager_takes_a_mode_as_its_text_and_reports_the_text(text):
+    """Callers pass the mode users type; the manager holds the enum and summary.json gets the
+    plain text back, so outputs stay what they were."""
+    env = simpy.Environment()
+    manager = EnvManager(SimClock(env), SimSandbox(env), text)
+    assert manager.mode is ToolManagerMode(text)
+    assert manager.mode == text
+    mode = manager.summary([])["mode"]
+    assert type(mode) is str and mode == text

@@ -11,12 +11,13 @@ process) with a lifecycle, the T of P = <ID, c, T, L, tau, s>.
   many as the completion rate needs to hide the preparation time, within the limits, and only
   when no arrived program is waiting for room.
 
-Clock-agnostic like the Cluster: environments are made and removed by an `EnvProvider`, the
-simulated one (thundersim.sim.sandbox) or a real one (thundersim.engine_adapters.sandbox). The manager hands
-the provider the trace's uncontended preparation time; what contention does to it is the
-provider's business (the simulated one shares its service among the preparations in progress,
-a real one takes as long as it takes). Each environment records how many preparations were in
-progress when it started and, on average, while it was being prepared.
+Clock-agnostic like the Cluster: environments (records in thundersim.core.environment) are
+made and removed by an `EnvProvider`, the simulated one (thundersim.sim.sandbox) or a real one
+(thundersim.engine_adapters.sandbox). The manager hands the provider the trace's uncontended
+preparation time; what contention does to it is the provider's business (the simulated one
+shares its service among the preparations in progress, a real one takes as long as it takes).
+Each environment records how many preparations were in progress when it started and, on
+average, while it was being prepared.
 """
 
 from __future__ import annotations
@@ -25,13 +26,30 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from enum import StrEnum
+from typing import Any
 
 import pandas as pd
 
+from thundersim.core.environment import Env, EnvProvider, EnvState
 from thundersim.traces.schema import EnvSpec, ProgramSpec
 
-MODES = ("none", "gc", "gc+prefetch")
+
+class ToolManagerMode(StrEnum):
+    """What the manager does with environments; the value is what `--tool-manager` takes and
+    what summary.json and the tables print."""
+
+    NONE = "none"  # the paper's baseline: every environment stays until the end of the run
+    GC = "gc"  # torn down the moment its program finishes or is released
+    GC_PREFETCH = "gc+prefetch"  # gc, and the next programs' environments prepared ahead
+
+    @classmethod
+    def _missing_(cls, value: object) -> ToolManagerMode:
+        raise ValueError(f"unknown tool-manager mode {value!r}; valid: {', '.join(cls)}")
+
+
+# The valid modes in order, for membership checks and messages that list them.
+MODES = tuple(ToolManagerMode)
 
 # Prefetch sizing (`gc+prefetch`). The paper prepares environments asynchronously "for programs
 # about to be restored" and publishes no depth; thundersim prepares as many ahead as hide one
@@ -55,20 +73,6 @@ class EnvLimitReached(RuntimeError):
     the limits, the run cannot go on (the paper's baseline crossing its 2 TB disk)."""
 
 
-class EnvProvider(Protocol):
-    """Makes and removes environments (simulated timeouts, or real directories, ports and
-    processes)."""
-
-    def prepare(
-        self, key: str, spec: EnvSpec, duration_s: float, on_ready: Callable[[Any], None]
-    ) -> None:
-        """Start preparing; call on_ready(handle) once it is usable. duration_s is the trace's
-        uncontended preparation time; a provider that models contention stretches it."""
-
-    def teardown(self, handle: Any) -> None:
-        """Remove it now: files, ports, processes."""
-
-
 @dataclass(frozen=True)
 class EnvLimits:
     disk_bytes: int | None = None  # None: unlimited
@@ -76,88 +80,44 @@ class EnvLimits:
 
     def __post_init__(self) -> None:
         for name in ("disk_bytes", "ports"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ValueError(f"env limit {name} must be >= 0, got {v}")
-
-
-class Env:
-    """One environment: its owner, its resources and the times of its life."""
-
-    __slots__ = (
-        "concurrent",
-        "handle",
-        "k_area_start",
-        "key",
-        "mean_concurrent",
-        "owner_done",
-        "prefetched",
-        "prep_s",
-        "program_id",
-        "ready_t",
-        "removed_t",
-        "requested_t",
-        "spec",
-        "start_t",
-        "state",
-        "waiters",
-    )
-
-    def __init__(self, program_id: str, key: str, spec: EnvSpec, now: float, prefetched: bool):
-        self.program_id = program_id
-        self.key = key  # provider-safe name (program ids are untrusted text)
-        self.spec = spec
-        self.prefetched = prefetched
-        self.state = "queued"  # queued -> preparing -> ready -> removed
-        self.requested_t = now
-        self.start_t: float | None = None
-        self.ready_t: float | None = None
-        self.removed_t: float | None = None
-        self.prep_s = 0.0
-        self.concurrent = 0  # preparations in progress when it started (itself included)
-        # preparations in progress on average from its start to ready (itself included)
-        self.mean_concurrent: float | None = None
-        self.k_area_start = 0.0  # the manager's integral of preparations in progress, at start
-        self.handle: Any = None
-        self.owner_done = False
-        self.waiters: list = []
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "ready"
+            limit = getattr(self, name)
+            if limit is not None and limit < 0:
+                raise ValueError(f"env limit {name} must be >= 0, got {limit}")
 
 
 class EnvManager:
+    """Prepares, hands out and collects the programs' environments under the limits (see the
+    module docstring). `mode` is a ToolManagerMode or its text ("gc", ...)."""
+
     def __init__(
         self,
         clock,
         provider: EnvProvider,
-        mode: str = "gc+prefetch",
+        mode: ToolManagerMode | str = ToolManagerMode.GC_PREFETCH,
         limits: EnvLimits | None = None,
         upcoming: Callable[[], Iterable[ProgramSpec]] | None = None,
         max_prefetch: int = MAX_PREFETCH,
     ):
-        if mode not in MODES:
-            raise ValueError(f"unknown tool-manager mode {mode!r}; valid: {', '.join(MODES)}")
+        self.mode = ToolManagerMode(mode)  # a bad one fails here, listing the valid modes
         self.clock = clock
         self.provider = provider
-        self.mode = mode
         self.limits = limits or EnvLimits()
         self.upcoming = upcoming  # specs of programs not yet arrived, in admission order
         self.max_prefetch = max_prefetch
         self.envs: dict[str, Env] = {}  # program id -> its environment (until removed)
         self.done: list[Env] = []  # removed environments
         self._queue: deque[Env] = deque()
-        self.disk = 0
+        self.disk = 0  # bytes held by the environments preparing or ready
         self.ports = 0
-        self.preparing = 0
-        self._k_area = 0.0  # integral over time of `preparing` (preparation-seconds)
-        self._k_t = clock.now if clock is not None else 0.0  # when _k_area was last updated
+        self.n_preparing = 0  # environments in EnvState.PREPARING
+        self._prep_area = 0.0  # integral over time of `n_preparing` (preparation-seconds)
+        # when _prep_area was last brought up to date
+        self._prep_area_t = clock.now if clock is not None else 0.0
         self.peak_disk = 0
         self.peak_ports = 0
-        self._finishes: list[float] = []
-        self._usage: list[tuple] = []
-        self._seq = 0
+        self._finishes: list[float] = []  # when each program finished
+        self._usage: list[tuple] = []  # rows of usage_frame
+        self._created = 0  # environments made so far: numbers their provider keys
         self.closed = False
         self.leaked_at_end = 0
         self._record()
@@ -186,7 +146,7 @@ class EnvManager:
         if env is None:
             return
         env.owner_done = True
-        if self.mode != "none":
+        if self.mode is not ToolManagerMode.NONE:
             self._remove(env)
         self._pump()
 
@@ -252,7 +212,7 @@ class EnvManager:
         all_envs = [*self.done, *self.envs.values()]
         preps = [e.prep_s for e in all_envs if e.ready_t is not None]
         return {
-            "mode": self.mode,
+            "mode": self.mode.value,
             "peak_disk_bytes": self.peak_disk,
             "peak_ports": self.peak_ports,
             # environments of finished programs still held when the run ended (before close)
@@ -272,25 +232,25 @@ class EnvManager:
 
     # ---- internals ---------------------------------------------------------------------------
     def _new(self, program_id: str, spec: EnvSpec, prefetched: bool) -> Env:
-        self._seq += 1
-        env = Env(program_id, f"env-{self._seq}", spec, self.clock.now, prefetched)
+        self._created += 1
+        env = Env(program_id, f"env-{self._created}", spec, self.clock.now, prefetched)
         self.envs[program_id] = env
         return env
 
     def _fits(self, spec: EnvSpec) -> bool:
-        lim = self.limits
-        if lim.disk_bytes is not None and self.disk + spec.disk_bytes > lim.disk_bytes:
+        limits = self.limits
+        if limits.disk_bytes is not None and self.disk + spec.disk_bytes > limits.disk_bytes:
             return False
-        return lim.ports is None or self.ports + spec.ports <= lim.ports
+        return limits.ports is None or self.ports + spec.ports <= limits.ports
 
     def _check_possible(self, spec: EnvSpec, program_id: str) -> None:
-        lim = self.limits
-        if (lim.disk_bytes is not None and spec.disk_bytes > lim.disk_bytes) or (
-            lim.ports is not None and spec.ports > lim.ports
+        limits = self.limits
+        if (limits.disk_bytes is not None and spec.disk_bytes > limits.disk_bytes) or (
+            limits.ports is not None and spec.ports > limits.ports
         ):
             raise ValueError(
                 f"program {program_id}: its environment ({spec.disk_bytes} bytes, {spec.ports} "
-                f"ports) exceeds the limits ({lim.disk_bytes} bytes, {lim.ports} ports)"
+                f"ports) exceeds the limits ({limits.disk_bytes} bytes, {limits.ports} ports)"
             )
 
     def _pump(self) -> None:
@@ -301,7 +261,7 @@ class EnvManager:
             head = self._queue[0]
             self._check_possible(head.spec, head.program_id)
             if not self._fits(head.spec):
-                if self.mode == "none":
+                if self.mode is ToolManagerMode.NONE:
                     raise EnvLimitReached(
                         f"tool manager 'none' keeps every environment: the limits "
                         f"({self.limits.disk_bytes} bytes, {self.limits.ports} ports) are full "
@@ -311,7 +271,11 @@ class EnvManager:
                 break
             self._queue.popleft()
             self._start(head)
-        if not self._queue and self.mode == "gc+prefetch" and self.upcoming is not None:
+        if (
+            not self._queue
+            and self.mode is ToolManagerMode.GC_PREFETCH
+            and self.upcoming is not None
+        ):
             self._prefetch()
         self._record()
 
@@ -347,24 +311,26 @@ class EnvManager:
         self.peak_disk = max(self.peak_disk, self.disk)
         self.peak_ports = max(self.peak_ports, self.ports)
         self._count_preparing(+1)
-        env.state = "preparing"
+        env.state = EnvState.PREPARING
         env.start_t = self.clock.now
-        env.concurrent = self.preparing
-        env.k_area_start = self._k_area
+        env.concurrent = self.n_preparing
+        env.prep_area_start = self._prep_area
         duration = max(env.spec.prep_s, 0.0)  # uncontended: contention is the provider's
-        self.provider.prepare(env.key, env.spec, duration, lambda h, e=env: self._ready(e, h))
+        self.provider.prepare(env.key, env.spec, duration, lambda handle: self._ready(env, handle))
 
     def _ready(self, env: Env, handle: Any) -> None:
         env.handle = handle
-        if env.state == "removed":  # torn down (end of run) while it was being prepared
+        if env.state is EnvState.REMOVED:  # torn down (end of run) while it was prepared
             self.provider.teardown(handle)
             return
         self._count_preparing(-1)
-        env.state = "ready"
+        env.state = EnvState.READY
         env.ready_t = self.clock.now
         env.prep_s = env.ready_t - env.start_t
         env.mean_concurrent = (
-            (self._k_area - env.k_area_start) / env.prep_s if env.prep_s > 0 else env.concurrent
+            (self._prep_area - env.prep_area_start) / env.prep_s
+            if env.prep_s > 0
+            else env.concurrent
         )
         for event in env.waiters:
             self.clock.fire(event, env)
@@ -372,16 +338,16 @@ class EnvManager:
         self._record()
 
     def _remove(self, env: Env) -> None:
-        if env.state == "removed":
+        if env.state is EnvState.REMOVED:
             return
-        if env.state == "preparing":
+        if env.state is EnvState.PREPARING:
             self._count_preparing(-1)
-        if env.state != "queued":
+        if env.state is not EnvState.QUEUED:
             self.disk -= env.spec.disk_bytes
             self.ports -= env.spec.ports
         if env.handle is not None:
             self.provider.teardown(env.handle)
-        env.state = "removed"
+        env.state = EnvState.REMOVED
         env.removed_t = self.clock.now
         del self.envs[env.program_id]
         self.done.append(env)
@@ -389,9 +355,9 @@ class EnvManager:
 
     def _count_preparing(self, delta: int) -> None:
         now = self.clock.now
-        self._k_area += self.preparing * (now - self._k_t)
-        self._k_t = now
-        self.preparing += delta
+        self._prep_area += self.n_preparing * (now - self._prep_area_t)
+        self._prep_area_t = now
+        self.n_preparing += delta
 
     def _record(self) -> None:
         self._usage.append(
@@ -400,7 +366,7 @@ class EnvManager:
                 self.disk,
                 self.ports,
                 len(self.envs),
-                self.preparing,
+                self.n_preparing,
                 len(self._queue),
                 len(self._finishes),  # programs finished so far (disk vs processed workflows)
             )

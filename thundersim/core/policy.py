@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar
 
 from thundersim.core.program import ProgramView, Status
@@ -217,20 +218,29 @@ class Router:
         """The program finished: drop what the router keeps about it."""
 
 
-def parse_decay(spec: str) -> tuple[str, float]:
+class DecayKind(StrEnum):
+    """How an acting program's context fades from its memory count; the value is what a decay
+    spec starts with (`--decay pow:2`), so a kind compares equal to the text users type."""
+
+    NONE = "none"  # counted in full while its tool runs
+    POW = "pow"  # f = X^(-t/dt), the paper's per-tick x^(-k)
+    EXP = "exp"  # f = e^(-L t), t in seconds
+
+
+def parse_decay(spec: str) -> tuple[DecayKind, float]:
     """'none' | 'pow:X' (X > 1) | 'exp:L' (L > 0) -> (kind, parameter)."""
     kind, _, arg = spec.partition(":")
     try:
-        if kind == "none" and not arg:
-            return "none", 0.0
-        if kind == "pow":
-            x = float(arg or 2)
-            if x > 1:
-                return "pow", x
-        if kind == "exp":
+        if kind == DecayKind.NONE and not arg:
+            return DecayKind.NONE, 0.0
+        if kind == DecayKind.POW:
+            base = float(arg or 2)
+            if base > 1:
+                return DecayKind.POW, base
+        if kind == DecayKind.EXP:
             rate = float(arg)
             if rate > 0:
-                return "exp", rate
+                return DecayKind.EXP, rate
     except ValueError:
         pass
     raise ValueError(f"bad decay {spec!r}: use none, pow:X with X > 1, or exp:L with L > 0")
