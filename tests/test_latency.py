@@ -46,7 +46,7 @@ def explicit_decode_sum(lat: LatencyModel, n: int, ctx0: int, k: int) -> float:
 
 def line_values(lat: LatencyModel, n: int, ctx0: int, j: int) -> tuple[float, float]:
     """(compute, memory) seconds of decode iteration j, from the profile's definition."""
-    p = lat.p
+    p = lat.profile
     ctx = ctx0 + n * j
     compute = p.c_token * n + p.c_pair * ctx
     memory = p.m_const + p.m_expert * lat.experts_touched(n) + p.m_kv * ctx
@@ -93,7 +93,7 @@ def test_iteration_time_exceeds_the_overhead_for_any_non_empty_batch(name, token
     """A non-empty batch always costs more than the fixed per-step overhead (so the simulated
     clock always advances)."""
     lat = MODELS[name]
-    assert lat.iteration_time(tokens, pairs, kv, 1) > lat.p.overhead_s > 0
+    assert lat.iteration_time(tokens, pairs, kv, 1) > lat.profile.overhead_s > 0
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -126,7 +126,7 @@ def test_iteration_time_is_overhead_plus_the_larger_of_compute_and_memory():
     """t = overhead + max(compute, memory): a decode batch on GLM-4.6 is memory-bound (the
     weights are streamed), a big prefill chunk is compute-bound."""
     lat = MODELS["glm46-h100"]
-    p = lat.p
+    p = lat.profile
     for tokens, pairs, kv in [(1, 1000, 1000), (64, 64_000, 64_000), (8192, 3e7, 0)]:
         compute = p.c_token * tokens + p.c_pair * pairs
         memory = p.m_const + p.m_expert * lat.experts_touched(tokens) + p.m_kv * kv
@@ -144,7 +144,7 @@ def test_the_per_sequence_cost_adds_outside_the_max(name):
     neither term, so it adds the same seconds to a memory-bound decode batch as to a
     compute-bound prefill; the roofline has none (0 seconds per sequence)."""
     plain, seq = MODELS[name], SEQ_MODELS[name]
-    assert plain.p.c_seq == 0.0
+    assert plain.profile.c_seq == 0.0
     for tokens, pairs, kv, seqs in [
         (1, 1000, 1000, 1),
         (64, 64_000, 64_000, 64),
@@ -308,7 +308,7 @@ def test_moe_experts_touched_grows_with_the_batch_up_to_all_experts():
     """With uniform routing, one token touches its experts_per_token experts; more tokens touch
     strictly more experts while any are left, never more than the model has."""
     lat = MODELS["glm46-h100"]
-    p = lat.p
+    p = lat.profile
     assert p.n_experts == 160 and p.experts_per_token == 8
     assert lat.experts_touched(1) == pytest.approx(8, rel=1e-9)
     small = [lat.experts_touched(t) for t in range(1, 200)]
@@ -322,7 +322,7 @@ def test_moe_experts_touched_grows_with_the_batch_up_to_all_experts():
 def test_dense_model_touches_no_routed_experts():
     """A dense model has no routed experts: its weight traffic does not depend on the batch."""
     lat = MODELS["llama8b-a100-bf16"]
-    assert lat.p.n_experts == 0 and lat.p.m_expert == 0
+    assert lat.profile.n_experts == 0 and lat.profile.m_expert == 0
     for tokens in (0, 1, 64, 8192):
         assert lat.experts_touched(tokens) == 0
 
@@ -453,7 +453,7 @@ def test_the_engine_charges_every_scheduled_request_once_per_iteration():
 
 def _legacy_iteration_time(self, tokens, pairs, kv_read, seqs=0):
     """LatencyModel.iteration_time as it was before the per-sequence term (verbatim)."""
-    p = self.p
+    p = self.profile
     compute = p.c_token * tokens + p.c_pair * pairs
     memory = p.m_const + p.m_expert * self.experts_touched(tokens) + p.m_kv * kv_read
     return p.overhead_s + (max(memory, compute))
@@ -466,7 +466,7 @@ def _legacy_decode_run_time(self, n, ctx0, k):
     if k <= 0:
         return 0.0
     ac, bc, am, bm = self._decode_lines(n, ctx0)
-    total = self.p.overhead_s * k
+    total = self.profile.overhead_s * k
     da, db = ac - am, bc - bm
     if db == 0:
         line = (ac, bc) if da >= 0 else (am, bm)

@@ -142,15 +142,15 @@ def roofline_profile(
 class LatencyModel:
     """Iteration times from a `LatencyProfile`; pure functions of the batch, no state."""
 
-    __slots__ = ("_experts_cache", "p")
+    __slots__ = ("_experts_cache", "profile")
 
     def __init__(self, profile: LatencyProfile):
-        self.p = profile
+        self.profile = profile
         self._experts_cache: dict[int, float] = {}
 
     def experts_touched(self, tokens: int) -> float:
         """Expected routed experts (per layer) that a batch of `tokens` activates."""
-        p = self.p
+        p = self.profile
         if p.n_experts == 0 or tokens <= 0:
             return 0.0
         hit = self._experts_cache.get(tokens)
@@ -164,7 +164,7 @@ class LatencyModel:
         """Seconds for one iteration of `seqs` sequences that runs `tokens` tokens attending
         to `pairs` (q, k) pairs and reading `kv_read` cached tokens' KV. Never 0 for a
         non-empty batch: the overhead keeps the clock moving."""
-        p = self.p
+        p = self.profile
         compute = p.c_token * tokens + p.c_pair * pairs
         memory = p.m_const + p.m_expert * self.experts_touched(tokens) + p.m_kv * kv_read
         # (overhead + 0.0 * seqs) is overhead exactly: with c_seq = 0 nothing changes by a bit
@@ -174,7 +174,7 @@ class LatencyModel:
     def _decode_lines(self, n: int, ctx0: int) -> tuple[float, float, float, float]:
         """Iteration j of a decode run (n sequences, context sum ctx0 at j = 0) costs
         overhead + c_seq * n + max(ac + bc*j, am + bm*j)."""
-        p = self.p
+        p = self.profile
         ac = p.c_token * n + p.c_pair * ctx0
         bc = p.c_pair * n
         am = p.m_const + p.m_expert * self.experts_touched(n) + p.m_kv * ctx0
@@ -187,7 +187,7 @@ class LatencyModel:
         if k <= 0:
             return 0.0
         ac, bc, am, bm = self._decode_lines(n, ctx0)
-        p = self.p
+        p = self.profile
         total = (p.overhead_s + p.c_seq * n) * k  # the n sequences' host-side cost, per step
         # compute - memory = da + db*j is linear in j, so it changes sign at most once: find the
         # cut c and sum each line as an arithmetic series on its side of it.

@@ -72,11 +72,11 @@ class SimSandbox:
     shares the preparation service among everything in progress (see the module docstring)."""
 
     def __init__(self, env: simpy.Environment):
-        self.env = env
-        self.live: set[str] = set()
+        self.sim = env  # the SimPy clock (not a tool environment)
+        self.existing: set[str] = set()  # keys of the environments made and not torn down
         self._jobs: dict[str, _Job] = {}  # preparations in progress, in the order they started
-        self._t = 0.0  # when the remaining work was last brought up to date
-        self._gen = 0  # bumped on every re-plan: an older wake-up is stale and ignored
+        self._advanced_t = 0.0  # when the remaining work was last brought up to date
+        self._plan_version = 0  # bumped on every re-plan: an older wake-up is stale and ignored
 
     @property
     def in_progress(self) -> int:
@@ -89,7 +89,7 @@ class SimSandbox:
     def prepare(
         self, key: str, spec: EnvSpec, duration_s: float, on_ready: Callable[[Any], None]
     ) -> None:
-        self.live.add(key)
+        self.existing.add(key)
         if duration_s <= 0:
             on_ready(key)
             return
@@ -98,38 +98,38 @@ class SimSandbox:
         self._plan()
 
     def teardown(self, handle: Any) -> None:
-        self.live.discard(handle)
+        self.existing.discard(handle)
 
     def close(self) -> None:
         """End of the run: preparations still in progress are dropped (never reported ready)."""
         self._advance()
         for key in self._jobs:
-            self.live.discard(key)
+            self.existing.discard(key)
         self._jobs.clear()
-        self._gen += 1
+        self._plan_version += 1
 
     # ---- internals ---------------------------------------------------------------------------
     def _advance(self) -> None:
         """Bring every preparation's remaining work up to now, at the rate k has had since."""
-        now = self.env.now
-        if self._jobs and now > self._t:
-            done = (now - self._t) * self.rate()
+        now = self.sim.now
+        if self._jobs and now > self._advanced_t:
+            done = (now - self._advanced_t) * self.rate()
             for job in self._jobs.values():
                 job.left -= done
-        self._t = now
+        self._advanced_t = now
 
     def _plan(self) -> None:
         """One wake-up, for the preparation with the least work left (all share one rate)."""
-        self._gen += 1
+        self._plan_version += 1
         if not self._jobs:
             return
         left = min(job.left for job in self._jobs.values())
-        gen = self._gen
-        wake = self.env.timeout(max(left, 0.0) / self.rate())
-        wake.callbacks.append(lambda _: self._wake(gen))
+        version = self._plan_version
+        wake = self.sim.timeout(max(left, 0.0) / self.rate())
+        wake.callbacks.append(lambda _: self._wake(version))
 
-    def _wake(self, gen: int) -> None:
-        if gen != self._gen:
+    def _wake(self, version: int) -> None:
+        if version != self._plan_version:
             return  # k changed since this was planned
         self._advance()
         # the planned one, and any finishing at the same instant (equal work started together);
