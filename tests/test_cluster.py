@@ -112,3 +112,34 @@ def test_paused_program_call_is_held_until_restored():
 def test_a_policy_that_never_admits_is_reported_as_deadlocked():
     with pytest.raises(RuntimeError, match="deadlocked"):
         run(Scripted(admit=False), TWO)
+
+
+def test_a_call_the_backend_fails_is_withheld_then_sent_again(monkeypatch):
+    """The failure callback comes with each call: a replica that cannot serve a call hands it
+    back, the Cluster withholds it (PAUSED, no backend) and asks the policy, which restores it;
+    the call runs again and the program completes."""
+    import thundersim.sim.simulate as simulate_module
+
+    failed = []
+
+    class FailsFirst(simulate_module.SimBackend):
+        def submit(self, request, on_done, on_failure=None):
+            if not failed:  # the very first call: the replica fails it a second later
+                failed.append(request.program_id)
+                later = self.env.timeout(1.0)
+                later.callbacks.append(lambda _e: on_failure(request, ConnectionError("down")))
+                return
+            super().submit(request, on_done, on_failure)
+
+    monkeypatch.setattr(simulate_module, "SimBackend", FailsFirst)
+
+    class RestoresAfterFailure(Scripted):
+        def on_request(self, view, program):
+            return [Restore(program.id, 0)] if program.status is Status.PAUSED else []
+
+    res = run(RestoresAfterFailure(), TWO)
+    assert res.summary["programs_completed"] == 2
+    first = res.steps[(res.steps.program == failed[0]) & (res.steps.step == 0)].iloc[0]
+    assert first.sent_t == pytest.approx(1.0)  # sent again when the failure came back
+    assert first.hold_s == pytest.approx(1.0)  # ready at 0, withheld until it was restored
+    assert len(res.steps) == 4  # each step once: the failed call is not counted twice

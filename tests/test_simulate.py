@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
@@ -97,3 +98,110 @@ def test_policy_name_in_summary_and_whole_run_throughput(small_trace):
     assert s["throughput_window_s"] == [0.0, s["simulated_s"]]
     assert s["simulated_s"] == pytest.approx(res.programs.finish_t.max())
     assert s["throughput_steps_per_min"] == pytest.approx(len(res.steps) / (s["simulated_s"] / 60))
+
+
+# ---- one lifecycle, two clocks ------------------------------------------------------------------
+class _AnswersAtOnce:
+    """A live-style replica: the full Backend protocol, every call answered on the event loop's
+    next turn (what the lifecycle does is under test, not an engine)."""
+
+    index, name, model, alive, capacity_tokens = 0, "instant", "instant-model", True, 1_000_000
+
+    def submit(self, request, on_done, on_failure):
+        from thundersim.core.backend import Usage
+
+        t = request.submit_time
+        usage = Usage(request.prompt_tokens, 0, request.output_tokens, 0, 0, t, t, t, t)
+        asyncio.get_running_loop().call_soon(on_done, usage)
+
+    def stats(self):
+        from thundersim.core.backend import EngineStats
+
+        return EngineStats(capacity_tokens=self.capacity_tokens, used_tokens=0)
+
+    def pin(self, program_id, ttl_s):
+        pass
+
+    def unpin(self, program_id):
+        pass
+
+    async def connect(self):
+        pass
+
+    async def refresh(self):
+        pass
+
+    async def close(self):
+        pass
+
+
+def _three_programs():
+    """Tool times far enough apart that the finishing order does not hang on timer jitter."""
+    return [
+        make_program("slow", [(50, 5, 0.15)] * 2),
+        make_program("fast", [(50, 5, 0.02)] * 2),
+        make_program("next", [(50, 5, 0.02), (50, 5, 0.0)]),
+    ]
+
+
+def test_the_same_lifecycle_runs_on_both_clocks():
+    """A closed loop of two on the SimPy clock and on the event loop's: the same steps, the
+    third program arrives when the first one finishes, and they finish in the same order."""
+    from thundersim.live.driver import run_live
+
+    specs = _three_programs()
+    sim = simulate(
+        specs,
+        make_policy("vllm"),
+        RunConfig(setup=make_setup(kv_capacity_override=50_000), concurrency=2, tool_manager=None),
+    )
+    live = asyncio.run(run_live(specs, make_policy("vllm"), [_AnswersAtOnce()], 2, sample_dt=0.05))
+    for res in (sim, live):
+        assert res.summary["programs_completed"] == 3
+        assert sorted(zip(res.steps.program, res.steps.step, strict=True)) == sorted(
+            (p.id, i) for p in specs for i in range(len(p.steps))
+        )
+        progs = res.programs.set_index("program")
+        # (the event loop's clock moves on between the finish and the next arrival)
+        assert progs.arrival_t["next"] == pytest.approx(progs.finish_t["fast"], abs=0.01)
+    order = [list(r.programs.sort_values("finish_t").program) for r in (sim, live)]
+    assert order[0] == order[1] == ["fast", "next", "slow"]
+    # a simulated tool call takes exactly its trace time, a live one (a real wait) at least it
+    both = live.steps.merge(sim.steps, on=["program", "step"], suffixes=("_live", "_sim"))
+    assert (both.tool_s_live >= both.tool_s_sim - 1e-3).all()
+
+
+class _RecordingSandbox:
+    """A real-tool-environment provider stand-in: environments are ready at once, and the tool
+    calls it is asked to run are recorded, not run."""
+
+    def __init__(self):
+        self.runs: list[tuple[str, str, float]] = []
+
+    def prepare(self, key, spec, duration_s, on_ready):
+        on_ready(f"box-{key}")
+
+    def teardown(self, handle):
+        pass
+
+    async def run_tool(self, handle, tool, seconds):
+        self.runs.append((handle, tool, seconds))
+        await asyncio.sleep(seconds)
+
+
+def test_a_live_tool_call_runs_in_its_programs_sandbox():
+    """With a sandbox, each tool call of a program runs in that program's environment (and a
+    step without a tool runs nothing)."""
+    from thundersim.live.driver import run_live
+
+    specs = _three_programs()
+    box = _RecordingSandbox()
+    res = asyncio.run(
+        run_live(specs, make_policy("vllm"), [_AnswersAtOnce()], 2, sandbox=box, tool_manager="gc")
+    )
+    assert res.summary["programs_completed"] == 3
+    by_box: dict[str, list[float]] = {}
+    for handle, tool, seconds in box.runs:
+        assert tool == "bash"
+        by_box.setdefault(handle, []).append(seconds)
+    assert sorted(by_box.values()) == [[0.02], [0.02, 0.02], [0.15, 0.15]]

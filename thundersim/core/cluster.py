@@ -2,9 +2,11 @@
 
 The Driver tells the Cluster what the workload does (a program arrived, its next call is ready,
 its tool finished, it ended); the Cluster tells the policy, applies what the policy returns, and
-sends calls of ACTIVE programs to their backend. Requests of WAITING or PAUSED programs are held
-here until the policy restores them. Nothing in this file knows whether the clock and backends
-are simulated or live: both come in through the `Clock` and `Backend` contracts.
+sends calls of ACTIVE programs to their backend. Requests of WAITING or PAUSED programs are
+withheld here until the policy restores them. Nothing in this file knows whether the clock and
+backends are simulated or live: both come in through the `Clock` and `Backend` contracts.
+Everything it works with (clock, backends, policy, observer) is handed over at construction;
+each call carries its own completion and failure callbacks.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Clock(Protocol):
 class ClusterObserver(Protocol):
     """What the Recorder hears from the Cluster."""
 
+    def on_arrival(self, program: Program) -> None: ...
+
     def on_call_done(self, program: Program, usage: Usage, backend: int) -> None: ...
 
     def on_step_done(self, program: Program, now: float) -> None: ...
@@ -73,10 +77,10 @@ class Cluster:
         self.policy = policy
         self.observer = observer
         self.programs: dict[str, Program] = {}  # every program that has arrived
-        self.live: dict[str, Program] = {}  # arrived and not finished, in arrival order
-        self.live_views: dict[str, Any] = {}
+        self.unfinished: dict[str, Program] = {}  # arrived and not finished, in arrival order
+        self.live_views: dict[str, Any] = {}  # their views, for ClusterView.programs
         self.view = ClusterView(self)
-        self.held = 0  # programs with a ready call that the policy withholds
+        self.withheld = 0  # programs with a ready call that the policy withholds
         self.decisions_applied = 0
         self._waiters: dict[str, Any] = {}  # program id -> Driver event for its running call
 
@@ -107,13 +111,16 @@ class Cluster:
             raise ValueError(f"program {program.id} arrived twice")
         program.arrival_time = self.now
         self.programs[program.id] = program
-        self.live[program.id] = program
+        self.unfinished[program.id] = program
         self.live_views[program.id] = program.view
+        if self.observer is not None:
+            self.observer.on_arrival(program)
         self._apply(self.policy.on_arrival(self.view, program.view))
 
     def request(self, program: Program) -> Any:
         """The program's next LLM call is ready. Returns an event the Driver waits on; it
-        fires with the call's Usage once the call has run (after any hold)."""
+        fires with the call's Usage once the call has run (after the policy withheld it, if it
+        did)."""
         if program.status.is_finished or program.pending or program.in_flight:
             raise RuntimeError(f"{program!r} cannot issue a call now")
         if not program.has_call(program.step):
@@ -125,7 +132,7 @@ class Cluster:
         program.pending = True
         program.call_ready_time = self.now
         if program.status is not Status.ACTIVE:
-            self.held += 1
+            self.withheld += 1
         self._apply(self.policy.on_request(self.view, program.view))
         self._dispatch(program)
         return event
@@ -143,28 +150,25 @@ class Cluster:
         program.finish_time = self.now
         program.backend = None
         # A TTL pin taken after its last call is dropped now (a live agent's release is the
-        # first the scheduler hears that no call follows); a backend that cannot pin has no
-        # `unpin`.
+        # first the scheduler hears that no call follows).
         for b in self.backends:
-            unpin = getattr(b, "unpin", None)
-            if unpin is not None:
-                unpin(program.id)
-        del self.live[program.id]
+            b.unpin(program.id)
+        del self.unfinished[program.id]
         del self.live_views[program.id]
         if self.observer is not None:
             self.observer.on_program_done(program)
         self._apply(self.policy.on_finish(self.view, program.view))
 
-    def call_failed(self, program_id: str) -> None:
+    def _call_failed(self, request: Request, exc: Exception) -> None:
         """A backend could not serve the program's call (it went down): the call is ready
-        again, withheld until the policy places the program on a live backend."""
-        p = self.live[program_id]
+        again, withheld until the policy places the program on a backend that is up."""
+        p = self.unfinished[request.program_id]
         p.in_flight = False
         p.pending = True
         p.backend = None
         if p.status is Status.ACTIVE:
             p.status = Status.PAUSED
-        self.held += 1
+        self.withheld += 1
         self._apply(self.policy.on_request(self.view, p.view))
 
     def tick(self) -> None:
@@ -202,7 +206,7 @@ class Cluster:
             forward=call.forward,
         )
         self.backends[backend].submit(
-            request, lambda usage: self._call_done(program, usage, backend)
+            request, lambda usage: self._call_done(program, usage, backend), self._call_failed
         )
 
     def _call_done(self, program: Program, usage: Usage, backend: int) -> None:
@@ -228,7 +232,7 @@ class Cluster:
             self._apply_one(d)
 
     def _program(self, d: Decision) -> Program:
-        p = self.live.get(d.program_id)
+        p = self.unfinished.get(d.program_id)
         if p is None:
             state = "finished" if d.program_id in self.programs else "unknown"
             raise PolicyError(f"{type(d).__name__}({d.program_id}): program is {state}")
@@ -247,7 +251,7 @@ class Cluster:
                 raise PolicyError(f"{d}: program is {p.status.name}, not WAITING or PAUSED")
             self._check_backend(d, d.backend)
             if p.pending:
-                self.held -= 1
+                self.withheld -= 1
             p.status = Status.ACTIVE
             p.backend = d.backend
             self._dispatch(p)

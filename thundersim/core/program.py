@@ -16,7 +16,7 @@ from thundersim.traces.schema import ProgramSpec
 
 
 class Phase(IntEnum):
-    REASONING = 0  # an LLM call is ready, held or running
+    REASONING = 0  # an LLM call is ready (perhaps withheld by the policy) or running
     ACTING = 1  # a tool call is running; the KV cache sits idle
 
 

@@ -1,9 +1,10 @@
 """Live mode: replay a trace in real time through the same Cluster and policy objects, against
 real engines (any Backend whose calls complete on the asyncio loop, e.g. VLLMBackend).
 
-The only differences from simulation are the clock (the event loop's) and the backends: tool
-calls and environment preparation are real waits (`asyncio.sleep`), compressed by the trace's
-time scale. Writes the same tables and summary as a simulated run, plus `steps.jsonl` in the
+The only differences from simulation are the clock (the event loop's) and the backends: the
+program lifecycle is the one simulation runs (thundersim.core.lifecycle), its waits are real
+(`asyncio.sleep`, compressed by the trace's time scale, or a tool run in the program's
+sandbox). Writes the same tables and summary as a simulated run, plus `steps.jsonl` in the
 per-step live-log format that `thundersim trace convert --format thundersim-live` reads back.
 """
 
@@ -13,11 +14,23 @@ import asyncio
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from thundersim.core.cluster import Cluster
+from thundersim.core.environment import EnvProvider
 from thundersim.core.envs import EnvLimitReached, EnvLimits, EnvManager
-from thundersim.core.lifecycle import ProgramFeed
+from thundersim.core.lifecycle import (
+    Delay,
+    ProgramFeed,
+    ProgramQueue,
+    Spawn,
+    Tool,
+    Until,
+    Waits,
+    periodic,
+)
 from thundersim.core.policy import Policy
 from thundersim.core.program import Program
 from thundersim.metrics.recorder import Recorder
@@ -45,56 +58,126 @@ class LoopClock:
             event.set_result(value)
 
 
-class LiveDriver(ProgramFeed):
-    """The same feed on asyncio: tools and preparation are real (scaled) sleeps."""
+class ToolRunner(Protocol):
+    """What runs a program's tool call for real: a sandbox provider that can (LocalSandbox,
+    DockerSandbox in thundersim.engine_adapters.sandbox)."""
 
-    async def run(self) -> None:
-        tick = self.cluster.policy.tick_interval
-        ticker = asyncio.create_task(self._ticker(tick)) if tick else None
+    async def run_tool(self, handle: Any, tool: str, seconds: float) -> None:
+        """Run the tool in the environment `handle` for about `seconds`."""
+
+
+class LiveSandbox(EnvProvider, ToolRunner, Protocol):
+    """A real tool-environment provider: makes and removes environments, and runs tools in
+    them."""
+
+
+class LiveDriver:
+    """Runs lifecycles (thundersim.core.lifecycle) on the event loop: events are futures,
+    preparation and ticks real (scaled) sleeps, and tool calls run in the program's sandbox
+    when there is a tool runner and the program has an environment (else they are sleeps)."""
+
+    def __init__(self, tools: ToolRunner | None = None):
+        self.tools = tools
+
+    async def run(self, feed: ProgramFeed) -> None:
+        """The feed's programs, with the policy's tick alongside, until every program is done."""
+        ticker = feed.ticker()
+        ticking = asyncio.create_task(self.drive(ticker)) if ticker is not None else None
         try:
-            if self.concurrency is None:
-                tasks = []
-                while self.queue:
-                    wait = self.queue[0].spec.arrival_s - self.cluster.now
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    tasks.append(asyncio.create_task(self._program(self._next())))
-                await asyncio.gather(*tasks)
-            else:
-                slots = min(self.concurrency, len(self.queue))
-                await asyncio.gather(*(self._slot() for _ in range(slots)))
+            await asyncio.gather(*(self.drive(feeder) for feeder in feed.feeders()))
         finally:
-            if ticker:
-                ticker.cancel()
+            if ticking:
+                ticking.cancel()
 
-    async def _slot(self) -> None:
-        while self.queue:
-            await self._program(self._next())
-
-    async def _program(self, p: Program) -> None:
-        cluster = self.cluster
-        envs = self.envs
-        ready = self._arrive(p)
-        if ready is not None:
-            await ready
-        elif p.spec.env.prep_s > 0:
-            await asyncio.sleep(p.spec.env.prep_s)
-        p.ready_time = cluster.now
-        run_tool = getattr(envs.provider, "run_tool", None) if envs is not None else None
-        for step in p.spec.steps:
-            await cluster.request(p)
-            if step.tool_s > 0:
-                if run_tool is not None and p.envs:
-                    await run_tool(p.envs[0].handle, step.tool, step.tool_s)  # in its sandbox
+    async def drive(self, waits: Waits) -> None:
+        """One lifecycle; what it spawns runs alongside and is waited for at its end."""
+        spawned = []
+        for wait in waits:
+            if isinstance(wait, Until):
+                await wait.event
+            elif isinstance(wait, Delay):
+                await asyncio.sleep(wait.seconds)
+            elif isinstance(wait, Tool):
+                if self.tools is not None and wait.sandbox is not None:
+                    await self.tools.run_tool(wait.sandbox, wait.tool, wait.seconds)
                 else:
-                    await asyncio.sleep(step.tool_s)
-            cluster.tool_done(p)
-        self._finished(p)
+                    await asyncio.sleep(wait.seconds)
+            elif isinstance(wait, Spawn):
+                spawned.append(asyncio.create_task(self.drive(wait.waits)))
+            else:
+                raise TypeError(f"not a wait: {wait!r}")
+        await asyncio.gather(*spawned)
 
-    async def _ticker(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self.cluster.tick()
+
+@dataclass
+class _LiveRun:
+    """The parts of one live run, wired at construction."""
+
+    cluster: Cluster
+    recorder: Recorder
+    feed: ProgramFeed
+    envs: EnvManager | None
+
+
+def _build(
+    specs: Sequence[ProgramSpec],
+    policy: Policy,
+    backends: list,
+    concurrency: int | None,
+    sample_dt: float,
+    progress: Callable[[int, float], None] | None,
+    sandbox: LiveSandbox | None,
+    tool_manager: str,
+    env_limits: EnvLimits | None,
+    recycle: bool,
+) -> _LiveRun:
+    recorder = Recorder(backends, sample_dt)
+    cluster = Cluster(LoopClock(asyncio.get_running_loop()), backends, policy, observer=recorder)
+    queue = ProgramQueue([Program(spec, i) for i, spec in enumerate(specs)], recycle)
+    envs = None
+    if sandbox is not None:
+        upcoming = queue.upcoming if concurrency is not None else None
+        envs = EnvManager(cluster.clock, sandbox, tool_manager, env_limits, upcoming=upcoming)
+    feed = ProgramFeed(cluster, queue, concurrency, progress, envs)
+    return _LiveRun(cluster, recorder, feed, envs)
+
+
+async def _run_to_end(run: _LiveRun, driver: LiveDriver, horizon_s: float | None) -> bool:
+    """Run the feed to its end or the horizon, sampling as it goes; True if it was cut short
+    (Ctrl-C, a tool-manager limit). The environments are removed however it ends."""
+    cluster, recorder = run.cluster, run.recorder
+
+    def sample() -> None:
+        recorder.sample(cluster.now, cluster.withheld)
+
+    sampling = asyncio.create_task(
+        driver.drive(periodic(recorder.sample_dt, sample, at_start=True))
+    )
+    try:
+        if horizon_s is None:
+            await driver.run(run.feed)
+        else:
+            await asyncio.wait_for(driver.run(run.feed), horizon_s - cluster.now)
+    except TimeoutError:
+        pass  # the horizon: the run ends here by design
+    except (asyncio.CancelledError, KeyboardInterrupt, EnvLimitReached):
+        return True
+    finally:
+        sampling.cancel()
+        if run.envs is not None:
+            run.envs.mark_end()
+            run.envs.close()
+    return False
+
+
+async def _final_refresh(backends: list) -> None:
+    """Final counters for the summary."""
+    for b in backends:
+        if b.alive:
+            try:
+                await b.refresh()
+            except Exception:  # noqa: BLE001 - a replica that died at the end keeps its last
+                b.alive = False
 
 
 async def run_live(
@@ -106,71 +189,39 @@ async def run_live(
     seed: int = 0,
     sample_dt: float = 0.5,
     progress: Callable[[int, float], None] | None = None,
-    sandbox=None,
+    sandbox: LiveSandbox | None = None,
     tool_manager: str = "gc+prefetch",
     env_limits: EnvLimits | None = None,
     horizon_s: float | None = None,
     warmup_s: float | None = None,
 ) -> RunResult:
     """Run the (already scaled) trace live. The backends must be connected. Ctrl-C (task
-    cancellation) stops the run and keeps what finished. With a `sandbox` (an EnvProvider such
-    as thundersim.engine_adapters.sandbox.LocalSandbox) every program's environment is real and managed
-    by the tool resource manager; everything it made is removed when the run ends, however it
-    ends. With `horizon_s` the run is a horizon run (thundersim.metrics.window): a closed loop recycles
-    the trace, and the run stops at the horizon, measured as simulation measures it."""
+    cancellation) stops the run and keeps what finished. With a `sandbox` (such as
+    thundersim.engine_adapters.sandbox.LocalSandbox) every program's environment is real and
+    managed by the tool resource manager, and its tool calls run in it; everything it made is
+    removed when the run ends, however it ends. With `horizon_s` the run is a horizon run
+    (thundersim.metrics.window): a closed loop recycles the trace, and the run stops at the
+    horizon, measured as simulation measures it."""
     check_window(horizon_s, warmup_s)
     wall0 = time.perf_counter()
-    loop = asyncio.get_running_loop()
-    programs = [Program(spec, i) for i, spec in enumerate(specs)]
-    cluster = Cluster(LoopClock(loop), backends, policy)
-    recorder = Recorder(cluster.programs, backends, sample_dt)
-    recorder.held = lambda: cluster.held
-    cluster.observer = recorder
-    for b in backends:
-        b.on_failure = lambda req, exc: cluster.call_failed(req.program_id)
-    envs = None
-    if sandbox is not None:
-        envs = EnvManager(cluster.clock, sandbox, tool_manager, env_limits)
-    driver = LiveDriver(
-        cluster,
-        programs,
+    recycle = horizon_s is not None and concurrency is not None
+    run = _build(
+        specs,
+        policy,
+        backends,
         concurrency,
-        on_progress=lambda: progress(driver.completed, cluster.now) if progress else None,
-        envs=envs,
-        recycle=horizon_s is not None and concurrency is not None,
+        sample_dt,
+        progress,
+        sandbox,
+        tool_manager,
+        env_limits,
+        recycle,
     )
-    if envs is not None and concurrency is not None:
-        envs.upcoming = driver.upcoming
-
-    async def sampler() -> None:
-        while True:
-            recorder.sample(cluster.now)
-            await asyncio.sleep(sample_dt)
-
-    sampling = asyncio.create_task(sampler())
-    interrupted = False
-    try:
-        if horizon_s is None:
-            await driver.run()
-        else:
-            await asyncio.wait_for(driver.run(), horizon_s - cluster.now)
-    except TimeoutError:
-        pass  # the horizon: the run ends here by design
-    except (asyncio.CancelledError, KeyboardInterrupt, EnvLimitReached):
-        interrupted = True
-    finally:
-        sampling.cancel()
-        if envs is not None:
-            envs.mark_end()
-            envs.close()
-    for b in backends:
-        if b.alive:
-            try:
-                await b.refresh()  # final counters for the summary
-            except Exception:  # noqa: BLE001 - a replica that died at the end keeps its last
-                b.alive = False
-    end = cluster.now if horizon_s is None else min(cluster.now, horizon_s)
-    recorder.finalize(end)
+    interrupted = await _run_to_end(run, LiveDriver(tools=sandbox), horizon_s)
+    await _final_refresh(backends)
+    now = run.cluster.now
+    end = now if horizon_s is None else min(now, horizon_s)
+    run.recorder.finalize(end)
     meta = {
         "policy": policy.name,
         "trace": trace_name,
@@ -184,7 +235,7 @@ async def run_live(
         "tick_interval_s": policy.tick_interval,
     }
     wall = time.perf_counter() - wall0
-    return result_of(meta, end, wall, interrupted, driver, recorder, backends, envs)
+    return result_of(meta, end, wall, interrupted, run.feed, run.recorder, backends, run.envs)
 
 
 def live_records(result: RunResult, specs: Sequence[ProgramSpec]) -> list[dict]:

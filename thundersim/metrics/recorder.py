@@ -16,23 +16,26 @@ Definitions (the same in sim and live):
   every 0.02 s moves no term by more than 0.1 % of capacity x time. Terms are in whole blocks:
   the block holding a program's last, partial block of tokens (emptied when its call ends, so
   recomputed by its next call) counts as recompute while it is prefilled again.
-- the paper's bound "unused < c_min x dt per node": `Recorder.stp_bound` (its definition there;
-  c_min, the smallest context waiting for a backend's memory, is a column of the memory table).
+- the paper's bound "unused < c_min x dt per node": `Recorder.stp_bound` (its definition in
+  thundersim.metrics.bound; c_min, the smallest context waiting for a backend's memory, is a
+  column of the memory table).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from thundersim.core.backend import Usage
+from thundersim.core.backend import Backend, KVIntrospection, Usage
 from thundersim.core.cluster import chain_program
 from thundersim.core.program import Phase, Program, Status
+from thundersim.metrics.bound import unused_bound
 
 STP_TERMS = ("decode", "prefill", "recompute", "caching", "unused")
 KV_CATEGORIES = STP_TERMS + ("idle",)
@@ -47,7 +50,7 @@ MEMORY_COLUMNS = [
     *KV_CATEGORIES,
     "running",
     "waiting",
-    "held",
+    "held",  # ready calls the policy withholds (the Cluster's `withheld`)
     "mem_wait",
     "c_min",
 ]
@@ -79,26 +82,31 @@ STEP_COLUMNS = [
 
 
 class Recorder:
-    """Listens to the Cluster (ClusterObserver) and samples the backends."""
+    """Listens to the Cluster (ClusterObserver) and samples the backends. Built before the
+    Cluster, which is handed it as its observer; it learns of programs as they arrive."""
 
-    def __init__(self, cluster_programs: dict[str, Program], backends: list, sample_dt: float):
+    def __init__(self, backends: Sequence[Backend], sample_dt: float):
         if sample_dt <= 0:
             raise ValueError("sample_dt must be > 0")
-        self.programs = cluster_programs
-        self.backends = backends
+        self.programs: dict[str, Program] = {}  # every program that arrived, in arrival order
+        self.backends = list(backends)
+        # which replicas show their block pool (the optional KVIntrospection protocol)
+        self._pools = [isinstance(b, KVIntrospection) for b in self.backends]
         self.sample_dt = sample_dt
         self.steps: list[tuple] = []
         self.finished: list[Program] = []
         self.memory: list[tuple] = []
-        self.stp = [dict.fromkeys(KV_CATEGORIES, 0.0) for _ in backends]
+        self.stp = [dict.fromkeys(KV_CATEGORIES, 0.0) for _ in self.backends]
         self._last_t: float | None = None
         self._last_state: list[dict[str, float]] | None = None
         self._calls: dict[str, tuple[Usage, int]] = {}
-        self.held = lambda: 0  # set by the runner: calls withheld by the policy
-        self._open: dict[str, Program] = {}  # arrived, not finished (insertion order)
-        self._seen = 0  # entries of `programs` already looked at
+        self._unfinished: dict[str, Program] = {}
 
     # ---- ClusterObserver -----------------------------------------------------------------
+    def on_arrival(self, program: Program) -> None:
+        self.programs[program.id] = program
+        self._unfinished[program.id] = program
+
     def on_call_done(self, program: Program, usage: Usage, backend: int) -> None:
         self._calls[program.id] = (usage, backend)
 
@@ -135,7 +143,7 @@ class Recorder:
 
     def on_program_done(self, program: Program) -> None:
         self.finished.append(program)
-        self._open.pop(program.id, None)
+        del self._unfinished[program.id]
 
     # ---- sampling ------------------------------------------------------------------------
     def _is_acting(self, key: Any) -> bool:
@@ -145,81 +153,77 @@ class Recorder:
     def _withheld_min(self) -> float:
         """Smallest prompt among the ready calls the policy withholds (programs WAITING or
         PAUSED with a call ready): the KV each would need if restored. NaN if none."""
-        programs = self.programs
-        if len(programs) != self._seen:  # new arrivals sit at the end of the dict
-            new = len(programs) - self._seen
-            for pid in reversed(programs):
-                if new == 0:
-                    break
-                new -= 1
-                p = programs[pid]
-                if not p.status.is_finished:
-                    self._open[pid] = p
-            self._seen = len(programs)
         best = math.inf
-        for p in self._open.values():
+        for p in self._unfinished.values():
             if p.pending and p.status is not Status.ACTIVE:
                 c = p.next_prompt_tokens()
                 if c < best:
                     best = c
         return best if best < math.inf else math.nan
 
-    def sample(self, now: float) -> None:
-        """Integrate the previous state up to now (left Riemann sum), then record the new one."""
+    def sample(self, now: float, withheld: int) -> None:
+        """Integrate the previous state up to now (left Riemann sum), then record the new one.
+        `withheld`: the ready calls the policy withholds now (the Cluster's count)."""
         self._integrate(now)
-        state = []
-        held = self.held()
-        withheld = self._withheld_min() if held > 0 else math.nan
-        for b in self.backends:
-            if not hasattr(b, "kv_breakdown"):
-                self._sample_stats(now, b, held, withheld, state)
-                continue
-            B = b.block_size
-            kv = b.kv_breakdown(self._is_acting)
-            # Something waits for memory: a call withheld by the policy (the paused queue is
-            # global) or an engine queue whose head cannot get its blocks. A queue waiting only
-            # for the token budget leaves free memory idle, not unused.
-            blocked = b.waiting_for_memory()
-            waiting = blocked or held > 0
-            # the smallest context that waits for this backend's memory: a withheld call or a
-            # request in its memory-blocked engine queue
-            c_min = withheld
-            if blocked:
-                queued = min(seq.num_tokens for seq in b.waiting)
-                c_min = queued if math.isnan(c_min) else min(c_min, queued)
-            spare = (kv["empty"] + kv["cached_other"]) * B
-            cats = {
-                "decode": kv["decode"] * B,
-                "prefill": kv["prefill"] * B,
-                "recompute": kv["recompute"] * B,
-                "caching": kv["cached_acting"] * B,
-                "unused": spare if waiting else 0,
-                "idle": 0 if waiting else spare,
-            }
-            state.append(cats)
-            self.memory.append(
-                (
-                    now,
-                    b.index,
-                    b.pool.used * B,
-                    b.pool.cached_free * B,
-                    *(cats[k] for k in KV_CATEGORIES),
-                    len(b.running),
-                    len(b.waiting),
-                    held,
-                    waiting,
-                    c_min,
-                )
-            )
+        state: list[dict[str, float]] = []
+        withheld_min = self._withheld_min() if withheld > 0 else math.nan
+        for b, has_pool in zip(self.backends, self._pools, strict=True):
+            if has_pool:
+                self._sample_pool(now, b, withheld, withheld_min, state)
+            else:
+                self._sample_stats(now, b, withheld, withheld_min, state)
         self._last_state = state
         self._last_t = now
 
-    def _sample_stats(self, now: float, b, held: int, withheld: float, state: list) -> None:
+    def _sample_pool(
+        self, now: float, b: KVIntrospection, withheld: int, withheld_min: float, state: list
+    ) -> None:
+        """A replica that shows its block pool: every block in exactly one STP category."""
+        kv = b.kv_snapshot(self._is_acting)
+        # Something waits for memory: a call withheld by the policy (the paused queue is
+        # global) or an engine queue whose head cannot get its blocks. A queue waiting only
+        # for the token budget leaves free memory idle, not unused.
+        blocked = kv.waiting_for_memory
+        waiting = blocked or withheld > 0
+        # the smallest context that waits for this backend's memory: a withheld call or a
+        # request in its memory-blocked engine queue
+        c_min = withheld_min
+        if blocked:
+            queued = kv.min_queued_tokens
+            c_min = queued if math.isnan(c_min) else min(c_min, queued)
+        spare = kv.empty + kv.cached_other
+        cats = {
+            "decode": kv.decode,
+            "prefill": kv.prefill,
+            "recompute": kv.recompute,
+            "caching": kv.cached_acting,
+            "unused": spare if waiting else 0,
+            "idle": 0 if waiting else spare,
+        }
+        state.append(cats)
+        self.memory.append(
+            (
+                now,
+                b.index,
+                kv.used_tokens,
+                kv.cached_tokens,
+                *(cats[k] for k in KV_CATEGORIES),
+                kv.running,
+                kv.waiting,
+                withheld,
+                waiting,
+                c_min,
+            )
+        )
+
+    def _sample_stats(
+        self, now: float, b: Backend, withheld: int, withheld_min: float, state: list
+    ) -> None:
         """A live engine exposes only KV in use, so its STP terms are coarser: used KV counts
         as decode, the rest as unused or idle. The sizes of requests in its queue are not
         exposed: c_min is the withheld calls' only."""
         s = b.stats()
-        waiting = s.waiting > 0 or held > 0
+        waiting = s.waiting > 0 or withheld > 0
         spare = s.capacity_tokens - s.used_tokens
         cats = dict.fromkeys(KV_CATEGORIES, 0)
         cats["decode"] = s.used_tokens
@@ -234,9 +238,9 @@ class Recorder:
                 *(cats[k] for k in KV_CATEGORIES),
                 s.running,
                 s.waiting,
-                held,
-                waiting,
                 withheld,
+                waiting,
+                withheld_min,
             )
         )
 
@@ -283,65 +287,16 @@ class Recorder:
 
     # ---- the paper's bound on unused memory -------------------------------------------------
     def stp_bound(self, dt: float | None) -> dict | None:
-        """Check the paper's claim "unused < c_min * dt per node" on this run's samples.
-
-        Per backend and per tick interval [k dt, (k+1) dt) (the policy's monitor period; ticks
-        fire at multiples of dt from t = 0): U = the integral of the unused term over the
-        interval (the same left Riemann sum over the memory samples that makes stp_cost's
-        unused), and c_min = the smallest context waiting for that backend's memory at any
-        sample of the interval (a call withheld by the policy, or a request in the engine's
-        queue; the `c_min` memory column). An interval counts when something waited at one of
-        its samples; it violates the bound when U > c_min * dt (the interval's actual length,
-        for the last, shorter one). Intervals where the waiting contexts are unknown (a live
-        engine's queue with nothing withheld) count as `unknown`, not as checked.
-
-        Returns {"dt", "intervals", "violations", "worst_ratio" (max U / (c_min dt)),
-        "worst" (backend, interval start, U, c_min of the worst interval), "unknown"}, or None
-        for a policy without a tick (no dt)."""
+        """The paper's claim "unused < c_min * dt per node", checked on this run's samples
+        (thundersim.metrics.bound); None for a policy without a tick (no dt)."""
         if not dt or self._last_t is None:
             return None
-        end = self._last_t
-        unused_col, wait_col, cmin_col = (_COL[k] for k in ("unused", "mem_wait", "c_min"))
-        intervals: dict[tuple[int, int], list[float]] = {}  # (backend, k) -> [U, c_min]
-        for index, rows in self._widths(end):
-            for row, width in rows:
-                if width <= 0 or not row[wait_col]:
-                    continue  # nothing waited for memory: its spare memory is idle, not unused
-                c = row[cmin_col]
-                t, left = row[0], width
-                while left > 1e-12:  # a sample's span may cross a tick: split it
-                    k = int(t // dt)
-                    seg = min(left, (k + 1) * dt - t)
-                    if seg <= 0:  # t sits on the tick itself (rounding)
-                        k, seg = k + 1, min(left, dt)
-                    acc = intervals.setdefault((index, k), [0.0, math.inf])
-                    acc[0] += row[unused_col] * seg
-                    if not math.isnan(c):
-                        acc[1] = min(acc[1], c)
-                    t += seg
-                    left -= seg
-        violations = unknown = 0
-        worst_ratio, worst = 0.0, None
-        for (index, k), (unused, c_min) in sorted(intervals.items()):
-            if c_min == math.inf:
-                unknown += 1
-                continue
-            length = min(dt, end - k * dt)
-            bound = c_min * length
-            ratio = unused / bound if bound > 0 else (math.inf if unused > 0 else 0.0)
-            if unused > bound:
-                violations += 1
-            if worst is None or ratio > worst_ratio:
-                worst_ratio = ratio
-                worst = {"backend": index, "t": k * dt, "unused_token_s": unused, "c_min": c_min}
-        return {
-            "dt": dt,
-            "intervals": len(intervals) - unknown,
-            "violations": violations,
-            "worst_ratio": worst_ratio,
-            "worst": worst,
-            "unknown": unknown,
-        }
+        unused, waited, c_min = (_COL[k] for k in ("unused", "mem_wait", "c_min"))
+        samples = [
+            (index, [(r[0], r[unused], r[waited], r[c_min], width) for r, width in rows])
+            for index, rows in self._widths(self._last_t)
+        ]
+        return unused_bound(samples, dt, self._last_t)
 
     # ---- tables ----------------------------------------------------------------------------
     def steps_frame(self) -> pd.DataFrame:

@@ -1,15 +1,12 @@
-"""The SimPy driver: the program lifecycle (thundersim.core.lifecycle) on a SimPy Environment;
-programs, tools and preparation are timeouts."""
+"""The SimPy driver: the program lifecycle (thundersim.core.lifecycle) on a SimPy Environment.
+It supplies only the clock and the waiting: an event is yielded to SimPy as is, preparation,
+tool calls and ticks are timeouts (a simulated sandbox runs no tools)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import simpy
 
-from thundersim.core.cluster import Cluster
-from thundersim.core.lifecycle import ProgramFeed
-from thundersim.core.program import Program
+from thundersim.core.lifecycle import Delay, ProgramFeed, Spawn, Tool, Until, Waits
 
 
 class SimClock:
@@ -31,60 +28,33 @@ class SimClock:
         event.succeed(value)
 
 
-class Driver(ProgramFeed):
-    """The feed on a SimPy Environment: programs, tools and preparation are timeouts."""
+class Driver:
+    """Runs lifecycles as SimPy processes."""
 
-    def __init__(
-        self,
-        env: simpy.Environment,
-        cluster: Cluster,
-        programs: Sequence[Program],
-        concurrency: int | None,
-        on_progress: Callable[[], None] | None = None,
-        envs=None,
-        recycle: bool = False,
-    ):
-        super().__init__(cluster, programs, concurrency, on_progress, envs, recycle)
+    __slots__ = ("env",)
+
+    def __init__(self, env: simpy.Environment):
         self.env = env
 
-    def start(self) -> None:
+    def start(self, feed: ProgramFeed) -> None:
+        """The feed's programs and the policy's tick, as processes (run with `env.run`)."""
+        for feeder in feed.feeders():
+            self.process(feeder)
+        ticker = feed.ticker()
+        if ticker is not None:
+            self.process(ticker)
+
+    def process(self, waits: Waits) -> simpy.Process:
+        return self.env.process(self._drive(waits))
+
+    def _drive(self, waits: Waits):
         env = self.env
-        if self.concurrency is None:
-            env.process(self._open_loop())
-        else:
-            for _ in range(min(self.concurrency, len(self.queue))):
-                env.process(self._slot())
-        tick = self.cluster.policy.tick_interval
-        if tick:
-            env.process(self._ticker(tick))
-
-    def _slot(self):
-        while self.queue:
-            yield from self._run(self._next())
-
-    def _open_loop(self):
-        while self.queue:
-            wait = self.queue[0].spec.arrival_s - self.env.now
-            if wait > 0:
-                yield self.env.timeout(wait)
-            self.env.process(self._run(self._next()))
-
-    def _run(self, p: Program):
-        env, cluster = self.env, self.cluster
-        ready = self._arrive(p)
-        if ready is not None:
-            yield ready
-        elif p.spec.env.prep_s > 0:
-            yield env.timeout(p.spec.env.prep_s)
-        p.ready_time = env.now
-        for step in p.spec.steps:
-            yield cluster.request(p)
-            if step.tool_s > 0:
-                yield env.timeout(step.tool_s)
-            cluster.tool_done(p)
-        self._finished(p)
-
-    def _ticker(self, interval: float):
-        while True:
-            yield self.env.timeout(interval)
-            self.cluster.tick()
+        for wait in waits:
+            if isinstance(wait, Until):
+                yield wait.event
+            elif isinstance(wait, Delay | Tool):
+                yield env.timeout(wait.seconds)
+            elif isinstance(wait, Spawn):
+                self.process(wait.waits)
+            else:
+                raise TypeError(f"not a wait: {wait!r}")

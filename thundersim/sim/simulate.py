@@ -13,8 +13,10 @@ from pathlib import Path
 
 import simpy
 
+from thundersim.core.backend import EngineStats
 from thundersim.core.cluster import Cluster
 from thundersim.core.envs import MODES, EnvLimitReached, EnvLimits, EnvManager
+from thundersim.core.lifecycle import ProgramFeed, ProgramQueue, periodic
 from thundersim.core.policy import Policy, PolicyOptions, parse_params
 from thundersim.core.program import Program, Status
 from thundersim.metrics.recorder import Recorder
@@ -29,22 +31,22 @@ from thundersim.traces.schema import ProgramSpec
 
 # Simulated seconds between progress updates / interrupt and deadlock checks.
 _CHUNK_S = 30.0
-# Chunks a run may sit with every live program held and every engine idle before it is
+# Chunks a run may sit with every unfinished program withheld and every engine idle before it is
 # declared deadlocked (only a policy that never restores anyone can get there).
 _STALL_CHUNKS = 4
 
 
-def _deadlocked(cluster: Cluster, backends: list[SimBackend]) -> bool:
-    """Nothing can move on its own: every live program holds a ready call the policy withholds
-    and no engine has work, or an engine has queued calls and runs none (a request blocked
-    forever, e.g. by KV that never gets released)."""
-    if not cluster.live:
+def _deadlocked(cluster: Cluster, stats: list[EngineStats]) -> bool:
+    """Nothing can move on its own: every unfinished program holds a ready call the policy
+    withholds and no engine has work, or an engine has queued calls and runs none (a request
+    blocked forever, e.g. by KV that never gets released)."""
+    if not cluster.unfinished:
         return False
-    if any(b.waiting and not b.running for b in backends):
+    if any(s.waiting and not s.running for s in stats):
         return True
-    if any(b.running or b.waiting for b in backends):
+    if any(s.running or s.waiting for s in stats):
         return False
-    return all(p.pending and p.status is not Status.ACTIVE for p in cluster.live.values())
+    return all(p.pending and p.status is not Status.ACTIVE for p in cluster.unfinished.values())
 
 
 @dataclass(frozen=True)
@@ -142,27 +144,14 @@ def check_fits(programs: Sequence[ProgramSpec], config: RunConfig) -> None:
             )
 
 
-def simulate(
-    specs: Sequence[ProgramSpec],
-    policy: Policy,
-    config: RunConfig,
-    trace_name: str = "",
-    progress: Callable[[int, float], None] | None = None,
-) -> RunResult:
-    """Run the trace under the policy. Ctrl-C stops the run and returns what it finished,
-    with `interrupted: true` in the summary."""
-    wall0 = time.perf_counter()
+def _replicas(env: simpy.Environment, config: RunConfig) -> list[SimBackend]:
     setup = config.setup
-    capacity = setup.kv_capacity_tokens
-    check_fits(specs, config)
     latency = LatencyModel(config.latency_profile or roofline_profile(setup))
-
-    env = simpy.Environment()
-    backends = [
+    return [
         SimBackend(
             env,
             i,
-            capacity,
+            setup.kv_capacity_tokens,
             latency,
             block_size=config.block_size,
             max_batched_tokens=config.max_batched_tokens,
@@ -173,79 +162,110 @@ def simulate(
         )
         for i in range(config.replicas)
     ]
-    programs = [Program(spec, i) for i, spec in enumerate(specs)]
-    cluster = Cluster(SimClock(env), backends, policy)
-    recorder = Recorder(cluster.programs, backends, config.sample_dt)
-    recorder.held = lambda: cluster.held
-    cluster.observer = recorder
 
-    def on_progress() -> None:
-        if progress is not None:
-            progress(driver.completed, env.now)
 
-    envs = None
-    if config.tool_manager is not None:
-        envs = EnvManager(
-            SimClock(env),
-            SimSandbox(env),
-            config.tool_manager,
-            EnvLimits(config.env_disk_limit, config.env_port_limit),
-        )
+def _tool_manager(
+    env: simpy.Environment, config: RunConfig, queue: ProgramQueue
+) -> EnvManager | None:
+    """The tool resource manager (None: each program just waits its trace prep_s). A closed
+    loop knows who arrives next, so it can prepare their environments ahead."""
+    if config.tool_manager is None:
+        return None
+    return EnvManager(
+        SimClock(env),
+        SimSandbox(env),
+        config.tool_manager,
+        EnvLimits(config.env_disk_limit, config.env_port_limit),
+        upcoming=queue.upcoming if config.concurrency is not None else None,
+    )
+
+
+def _run_until_done(
+    env: simpy.Environment,
+    feed: ProgramFeed,
+    backends: list[SimBackend],
+    horizon: float,
+    policy_name: str,
+) -> None:
+    """Run in chunks until the feed is done or the horizon is reached; refuse a deadlock."""
+    cluster = feed.cluster
+    stalled = 0
+    last_iterations = -1
+    while not feed.done and env.now < horizon:
+        env.run(until=min(env.now + _CHUNK_S, horizon))
+        stats = [b.stats() for b in backends]
+        iterations = sum(s.extra["iterations"] for s in stats)
+        stuck = _deadlocked(cluster, stats) and iterations == last_iterations
+        stalled = stalled + 1 if stuck else 0
+        last_iterations = iterations
+        if stalled >= _STALL_CHUNKS:
+            raise RuntimeError(
+                f"policy {policy_name!r} deadlocked at t={env.now:.0f}s: "
+                f"{len(cluster.unfinished)} programs unfinished, no engine has run an iteration "
+                f"for {_STALL_CHUNKS * _CHUNK_S:.0f} s while calls wait"
+            )
+
+
+def _meta(policy: Policy, config: RunConfig, trace_name: str) -> dict:
+    return {
+        "policy": policy.name,
+        "trace": trace_name,
+        "concurrency": config.concurrency,
+        "replicas": config.replicas,
+        "seed": config.seed,
+        "setup": config.setup.name,
+        "kv_capacity_tokens": config.setup.kv_capacity_tokens,
+        "horizon_s": config.horizon_s,
+        "warmup_s": config.warmup_s,
+        "tick_interval_s": policy.tick_interval,
+    }
+
+
+def simulate(
+    specs: Sequence[ProgramSpec],
+    policy: Policy,
+    config: RunConfig,
+    trace_name: str = "",
+    progress: Callable[[int, float], None] | None = None,
+) -> RunResult:
+    """Run the trace under the policy. Ctrl-C stops the run and returns what it finished,
+    with `interrupted: true` in the summary."""
+    wall0 = time.perf_counter()
+    check_fits(specs, config)
+    env = simpy.Environment()
+    backends = _replicas(env, config)
+    recorder = Recorder(backends, config.sample_dt)
+    cluster = Cluster(SimClock(env), backends, policy, observer=recorder)
     recycle = config.horizon_s is not None and config.concurrency is not None
-    driver = Driver(env, cluster, programs, config.concurrency, on_progress, envs, recycle)
-    if envs is not None and config.concurrency is not None:
-        envs.upcoming = driver.upcoming  # a closed loop knows who arrives next
-    driver.start()
-
-    def sampler():
-        while True:
-            recorder.sample(env.now)
-            yield env.timeout(config.sample_dt)
-
-    env.process(sampler())
+    queue = ProgramQueue([Program(spec, i) for i, spec in enumerate(specs)], recycle)
+    envs = _tool_manager(env, config, queue)
+    feed = ProgramFeed(cluster, queue, config.concurrency, progress, envs)
+    driver = Driver(env)
+    driver.start(feed)
+    driver.process(
+        periodic(
+            config.sample_dt, lambda: recorder.sample(env.now, cluster.withheld), at_start=True
+        )
+    )
     interrupted = False
     stopped = None
     horizon = config.horizon_s if config.horizon_s is not None else float("inf")
-    stalled = 0
-    last_iterations = -1
     try:
-        while not driver.done and env.now < horizon:
-            env.run(until=min(env.now + _CHUNK_S, horizon))
-            iterations = sum(b.iterations for b in backends)
-            stuck = _deadlocked(cluster, backends) and iterations == last_iterations
-            stalled = stalled + 1 if stuck else 0
-            last_iterations = iterations
-            if stalled >= _STALL_CHUNKS:
-                raise RuntimeError(
-                    f"policy {policy.name!r} deadlocked at t={env.now:.0f}s: "
-                    f"{len(cluster.live)} programs live, no engine has run an iteration for "
-                    f"{_STALL_CHUNKS * _CHUNK_S:.0f} s while calls wait"
-                )
+        _run_until_done(env, feed, backends, horizon, policy.name)
     except KeyboardInterrupt:
         interrupted = True
     except EnvLimitReached as exc:
         interrupted = True
         stopped = str(exc)
     # The run ends with its last program, not at the end of the chunk the loop ran to.
-    end = driver.last_finish if driver.done and driver.last_finish is not None else env.now
+    end = feed.last_finish if feed.done and feed.last_finish is not None else env.now
     recorder.finalize(end)
     if envs is not None:
         envs.mark_end()
         envs.close()
     wall = time.perf_counter() - wall0
-    meta = {
-        "policy": policy.name,
-        "trace": trace_name,
-        "concurrency": config.concurrency,
-        "replicas": config.replicas,
-        "seed": config.seed,
-        "setup": setup.name,
-        "kv_capacity_tokens": setup.kv_capacity_tokens,
-        "horizon_s": config.horizon_s,
-        "warmup_s": config.warmup_s,
-        "tick_interval_s": policy.tick_interval,
-    }
-    result = result_of(meta, end, wall, interrupted, driver, recorder, backends, envs)
+    meta = _meta(policy, config, trace_name)
+    result = result_of(meta, end, wall, interrupted, feed, recorder, backends, envs)
     if stopped:
         result.summary["stopped"] = stopped
     return result
