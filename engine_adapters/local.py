@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 # A 2-layer Llama small enough for 2 CPU cores (VLLM_CPU.md's measured configuration).
+# provenance: measured — ../shared/VLLM_CPU.md, the configuration served on these CPU machines
 TINY_LLAMA = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
@@ -40,8 +41,9 @@ TINY_LLAMA = {
     "tie_word_embeddings": False,
 }
 TINY_VOCAB = TINY_LLAMA["vocab_size"]
-TINY_MAX_LEN = 4096
-CPU_BLOCK_SIZE = 128  # vLLM's CPU backend uses 128-token blocks
+TINY_MAX_LEN = 4096  # provenance: definition — TINY_LLAMA's max_position_embeddings
+# provenance: measured — vLLM's CPU backend uses 128-token blocks (../shared/VLLM_CPU.md)
+CPU_BLOCK_SIZE = 128
 
 
 # A one-line template is enough for real agents' message lists; a model this small has no
@@ -53,74 +55,20 @@ CHAT_TEMPLATE = (
 _SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0/1/2, as in TINY_LLAMA
 
 
+# The corpus's vocabulary, drawn in this order by _corpus (changing it changes the tokenizer).
+_CORPUS_TEXT = (
+    "def return import class self for in if else elif while try except with as from print "
+    "open read write file path error test pytest assert git diff patch bash ls cd grep sed "
+    "cat python json http get post user assistant system tool call result the a of to and is "
+    "that it this value list dict str int none true false"
+)
+_CORPUS_WORDS = _CORPUS_TEXT.split()
+_CORPUS_PUNCT = list("()[]{}:.,=+-*/_<>'\"#\n ")
+
+
 def _corpus(n_lines: int = 4000):
     """Deterministic training text: code- and shell-like lines, the content agents send."""
-    words = [
-        "def",
-        "return",
-        "import",
-        "class",
-        "self",
-        "for",
-        "in",
-        "if",
-        "else",
-        "elif",
-        "while",
-        "try",
-        "except",
-        "with",
-        "as",
-        "from",
-        "print",
-        "open",
-        "read",
-        "write",
-        "file",
-        "path",
-        "error",
-        "test",
-        "pytest",
-        "assert",
-        "git",
-        "diff",
-        "patch",
-        "bash",
-        "ls",
-        "cd",
-        "grep",
-        "sed",
-        "cat",
-        "python",
-        "json",
-        "http",
-        "get",
-        "post",
-        "user",
-        "assistant",
-        "system",
-        "tool",
-        "call",
-        "result",
-        "the",
-        "a",
-        "of",
-        "to",
-        "and",
-        "is",
-        "that",
-        "it",
-        "this",
-        "value",
-        "list",
-        "dict",
-        "str",
-        "int",
-        "none",
-        "true",
-        "false",
-    ]
-    punct = list("()[]{}:.,=+-*/_<>'\"#\n ")
+    words, punct = _CORPUS_WORDS, _CORPUS_PUNCT
     state = 12345
     for _ in range(n_lines):
         line = []
@@ -194,8 +142,8 @@ class Replica:
 class LocalEngines:
     """Start N servers, wait until healthy, stop them by PID (also on failure)."""
 
-    replicas: int = 1
-    port: int = 8100
+    replicas: int = 1  # provenance: definition — one server unless asked
+    port: int = 8100  # provenance: definition — the README's examples' first port
     kv_blocks: int | None = None
     model: Path | None = None
     # With a tokenizer in the model folder the servers also answer /v1/chat/completions (what

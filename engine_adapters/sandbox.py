@@ -31,7 +31,7 @@ from typing import Any
 
 from thundersim.traces.schema import EnvSpec
 
-_CHUNK = 1 << 20  # files are written in 1 MiB pieces
+_CHUNK = 1 << 20  # provenance: definition — files are written in 1 MiB pieces
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Sandbox:
     path: Path
     helper: subprocess.Popen | None = None
     ports: list[int] = field(default_factory=list)
-    disk_bytes: int = 0
+    disk_bytes: int = 0  # provenance: definition — nothing written yet
 
 
 def _write_files(path: Path, total: int) -> None:

@@ -6,7 +6,7 @@
   prompt, `max_tokens` = the step's output, `ignore_eos`), so the engine's prefix cache sees
   exactly the trace's sharing: the shared prefix has the same ids in every program, a program's
   own tokens are stable per (chain, position), and the ids the engine generated are sent back in
-  the next call, as an agent's context would be (`TokenBook`).
+  the next call, as an agent's context would be (`TokenBook`, engine_adapters/tokens.py).
 - Calls stream (server-sent events) so the first token's time is observed, not only the
   finish; usage comes in the stream's last chunk (`stream_options.include_usage`).
 - A call that carries a client's request (`Request.forward`, from `thundersim serve`) is sent
@@ -15,7 +15,9 @@
   with exponential backoff on connection errors and 5xx; after repeated failures the backend
   is marked down (`alive = False`) and its failed calls are handed back to the Cluster.
 - aiohttp, not httpx: the proxy's added latency per call is what this client costs.
-- Pins (Continuum's TTL) cannot be expressed to a stock vLLM: they are counted and ignored.
+- Pins (Continuum's TTL) cannot be expressed to a stock vLLM: they and their early releases are
+  counted and ignored.
+- Registered as the engine "vllm" (thundersim.engine_adapters.registry), the CLI's default.
 """
 
 from __future__ import annotations
@@ -23,79 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
-import zlib
 from collections.abc import Callable
 
 import aiohttp
-import numpy as np
+from thundersim.engine_adapters.prometheus import metric_sum, parse_metrics
+from thundersim.engine_adapters.registry import register_engine
+from thundersim.engine_adapters.tokens import TokenBook
 
 from thundersim.core.backend import EngineStats, Forward, Request, Usage
-
-_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+([-+0-9.eEinfNa]+)")
-_LABEL = re.compile(r'(\w+)="([^"]*)"')
-_CHUNK = 256  # token ids are drawn per chunk of positions, so they can be extended lazily
-
-
-def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Prometheus text format -> name -> [(labels, value)]."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _METRIC.match(line)
-        if m:
-            labels = dict(_LABEL.findall(m.group(3) or ""))
-            out.setdefault(m.group(1), []).append((labels, float(m.group(4))))
-    return out
-
-
-def metric_sum(metrics: dict, name: str) -> float:
-    return sum(v for _, v in metrics.get(name, []))
-
-
-class TokenBook:
-    """Token ids of every context, shared by all backends of a run: deterministic ids for trace
-    input tokens, the engine's own ids for generated ones."""
-
-    def __init__(self, vocab: int, seed: int = 0, reserved: int = 3):
-        self.vocab = vocab
-        self.seed = seed
-        self.reserved = reserved  # pad / bos / eos stay out of prompts
-        self._chains: dict[str, list[int]] = {}
-        self._prefixes: dict[str, list[int]] = {}
-
-    def _ids(self, key: str, start: int, n: int) -> list[int]:
-        crc = zlib.crc32(key.encode())
-        out: list[int] = []
-        pos = start
-        while len(out) < n:
-            chunk, offset = divmod(pos, _CHUNK)
-            rng = np.random.default_rng([self.seed, crc, chunk])
-            ids = rng.integers(self.reserved, self.vocab, size=_CHUNK)
-            take = ids[offset : offset + n - len(out)]
-            out.extend(int(i) for i in take)
-            pos += len(take)
-        return out
-
-    def prompt(self, req: Request) -> list[int]:
-        prefix: list[int] = []
-        if req.prefix_id and req.prefix_tokens:
-            prefix = self._prefixes.setdefault(
-                req.prefix_id, self._ids(f"prefix:{req.prefix_id}", 0, req.prefix_tokens)
-            )[: req.prefix_tokens]
-        chain = self._chains.setdefault(req.chain_id, [])
-        need = req.prompt_tokens - len(prefix)
-        if len(chain) < need:
-            chain.extend(self._ids(f"chain:{req.chain_id}", len(chain), need - len(chain)))
-        return prefix + chain[:need]
-
-    def add_output(self, req: Request, ids: list[int]) -> None:
-        """The engine's generated ids become part of the program's context."""
-        chain = self._chains[req.chain_id]
-        del chain[req.prompt_tokens - req.prefix_tokens :]
-        chain.extend(ids)
 
 
 class BackendDown(RuntimeError):
@@ -114,7 +52,12 @@ class UpstreamRejected(RuntimeError):
 _RETRYABLE = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
+OnFailure = Callable[[Request, Exception], None]
+
+
 class VLLMBackend:
+    """One vLLM OpenAI-compatible server (see the module docstring)."""
+
     def __init__(
         self,
         index: int,
@@ -123,7 +66,6 @@ class VLLMBackend:
         timeout_s: float = 300.0,
         retries: int = 3,
         poll_s: float = 0.5,
-        on_failure: Callable[[Request, Exception], None] | None = None,
         stream: bool = True,
     ):
         self.index = index
@@ -133,13 +75,17 @@ class VLLMBackend:
         self.timeout_s = timeout_s
         self.retries = retries
         self.poll_s = poll_s
-        self.on_failure = on_failure
+        # Transitional: the callback for calls submitted without one, set by callers that still
+        # wire it in after construction (live/driver.py, live/serve.py). It goes once the
+        # Cluster passes `on_failure` with every call.
+        self.on_failure: OnFailure | None = None
         self.stream = stream  # stream replayed calls, to observe their first token
         self.alive = True
         self.block_size = 0
         self.num_blocks = 0
         self.model = ""
         self.pins_ignored = 0
+        self.unpins_ignored = 0
         self.failed_calls = 0  # calls handed back because this replica could not serve them
         self.rejected_calls = 0  # calls the engine answered with 4xx
         self.in_flight = 0
@@ -184,13 +130,27 @@ class VLLMBackend:
     def capacity_tokens(self) -> int:
         return self.block_size * self.num_blocks
 
-    def submit(self, req: Request, on_done: Callable[[Usage], None]) -> None:
-        task = asyncio.get_running_loop().create_task(self._call(req, on_done))
+    def submit(
+        self,
+        request: Request,
+        on_done: Callable[[Usage], None],
+        on_failure: OnFailure | None = None,
+    ) -> None:
+        """Queue the call; exactly one of `on_done(usage)` and `on_failure(request, exc)` runs
+        once it ends. A failed call must never vanish, so submitting it with no failure
+        callback at all (neither here nor the transitional attribute) is refused."""
+        failed = on_failure if on_failure is not None else self.on_failure
+        if failed is None:
+            raise TypeError(f"{self.name}: submit needs an on_failure callback")
+        task = asyncio.get_running_loop().create_task(self._call(request, on_done, failed))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def pin(self, program_id: str, ttl_s: float) -> None:
         self.pins_ignored += 1  # stock vLLM has no API to protect a request's cached blocks
+
+    def unpin(self, program_id: str) -> None:
+        self.unpins_ignored += 1  # nothing was pinned (see pin)
 
     def stats(self) -> EngineStats:
         m = self._metrics
@@ -209,8 +169,10 @@ class VLLMBackend:
             extra={
                 "pins": 0,
                 "pins_ignored": self.pins_ignored,
+                "unpins_ignored": self.unpins_ignored,
                 "iterations": 0,
                 "rejected_calls": self.rejected_calls,
+                "block_size": self.block_size,  # the KV pool's granularity (cache_config_info)
             },
         )
 
@@ -283,7 +245,9 @@ class VLLMBackend:
             body["stream_options"] = {"include_usage": True}
         return "/v1/completions", body, None
 
-    async def _call(self, req: Request, on_done: Callable[[Usage], None]) -> None:
+    async def _call(
+        self, req: Request, on_done: Callable[[Usage], None], on_failure: OnFailure
+    ) -> None:
         path, body, fwd = self._body(req)
         start = time.monotonic()
         self.in_flight += 1
@@ -300,7 +264,7 @@ class VLLMBackend:
             return
         except BackendDown as exc:
             self.in_flight -= 1
-            self._down(req, exc)
+            self._down(req, exc, on_failure)
             return
         try:
             async with resp:
@@ -317,7 +281,7 @@ class VLLMBackend:
             if fwd is not None and fwd.sink is not None:
                 fwd.sink.put_nowait(_event({"error": {"message": f"upstream failed: {exc!r}"}}))
                 fwd.sink.put_nowait(None)
-            self._down(req, exc)
+            self._down(req, exc, on_failure)
             return
         finally:
             self.in_flight -= 1
@@ -362,11 +326,10 @@ class VLLMBackend:
             sink.put_nowait(None)
         return {"usage": usage, "token_ids": ids}, first
 
-    def _down(self, req: Request, exc: Exception) -> None:
+    def _down(self, req: Request, exc: Exception, on_failure: OnFailure) -> None:
         self.alive = False
         self.failed_calls += 1
-        if self.on_failure is not None:
-            self.on_failure(req, exc)
+        on_failure(req, exc)
 
 
 def _event(obj: dict) -> bytes:
@@ -395,3 +358,6 @@ def _usage(
         response=response,
         status=status,
     )
+
+
+register_engine("vllm", VLLMBackend, help="a vLLM OpenAI-compatible server (HTTP)")

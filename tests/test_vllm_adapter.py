@@ -8,7 +8,8 @@ import json
 
 import pytest
 from aiohttp import web
-from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.engine_adapters.tokens import TokenBook
+from thundersim.engine_adapters.vllm import VLLMBackend
 
 from thundersim.core.backend import Request
 
@@ -50,25 +51,21 @@ def _app(mode: str) -> web.Application:
 @pytest.mark.parametrize("mode", ["truncated", "no-done", "not-json"])
 def test_a_broken_answer_hands_the_call_back_instead_of_leaving_it_in_flight(mode):
     async def main():
-        runner = web.AppRunner(_app(mode))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
+        runner, url = await _serve(mode)
         failed: asyncio.Future = asyncio.get_running_loop().create_future()
         done: list = []
         backend = VLLMBackend(
             0,
-            f"http://127.0.0.1:{port}",
+            url,
             TokenBook(1000),
             retries=0,
             stream=mode != "not-json",
-            on_failure=lambda req, exc: failed.set_result((req, exc)),
         )
         try:
             await backend.connect()
             req = Request("p", 0, prompt_tokens=20, output_tokens=4)
-            backend.submit(req, done.append)
+            # the failure callback comes with the call
+            backend.submit(req, done.append, lambda req, exc: failed.set_result((req, exc)))
             got, exc = await asyncio.wait_for(failed, 10)
             return req, got, exc, done, backend
         finally:
@@ -80,3 +77,47 @@ def test_a_broken_answer_hands_the_call_back_instead_of_leaving_it_in_flight(mod
     assert backend.failed_calls == 1 and backend.in_flight == 0
     if mode == "no-done":
         assert "[DONE]" in str(exc)
+
+
+def _serve(mode: str):
+    """The fake server on a free port: (runner, url)."""
+
+    async def start():
+        runner = web.AppRunner(_app(mode))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    return start()
+
+
+def test_a_call_without_a_failure_callback_is_refused_not_left_to_vanish():
+    async def main():
+        backend = VLLMBackend(0, "http://127.0.0.1:1", TokenBook(1000))
+        with pytest.raises(TypeError, match="on_failure"):
+            backend.submit(Request("p", 0, prompt_tokens=20, output_tokens=4), print)
+        return backend
+
+    assert not asyncio.run(main())._tasks  # nothing was sent
+
+
+def test_pins_and_unpins_are_counted_and_ignored_and_stats_carry_the_block_size():
+    async def main():
+        runner, url = await _serve("no-done")
+        backend = VLLMBackend(0, url, TokenBook(1000))
+        try:
+            await backend.connect()
+            backend.pin("p", 30.0)
+            backend.unpin("p")
+            backend.unpin("q")  # never pinned: a no-op all the same
+            return backend.model, backend.stats()
+        finally:
+            await backend.close()
+            await runner.cleanup()
+
+    model, stats = asyncio.run(main())
+    assert model == "fake" and stats.capacity_tokens == 16 * 64
+    assert stats.extra["pins"] == 0  # nothing is pinned on a stock vLLM
+    assert stats.extra["pins_ignored"] == 1 and stats.extra["unpins_ignored"] == 2
+    assert stats.extra["block_size"] == 16

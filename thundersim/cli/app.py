@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from thundersim.engine_adapters.registry import engine_names
 from thundersim.sim.catalog import GPUS, MODELS
 
 app = typer.Typer(
@@ -64,6 +65,50 @@ PARAM_OPT = typer.Option(
 )
 PROFILE_OPT = typer.Option(None, help="Calibrated latency profile (JSON) instead of the roofline.")
 JSON_OPT = typer.Option(False, "--json", help="Print JSON only on stdout.")
+
+SIM_ENGINE = "sim"  # `run --engine sim`: the simulator instead of a live engine
+
+
+def engine_choices(sim: bool = False) -> list[str]:
+    """The `--engine` choices: the live engines of thundersim.engine_adapters.registry (those
+    of this package and of installed `thundersim.engines` entry points), after "sim" where the
+    command can simulate. Read when an option is checked, so an engine registered after this
+    module was imported is a choice too."""
+    return ([SIM_ENGINE] if sim else []) + engine_names()
+
+
+def _engine_check(sim: bool):
+    def check(value: str) -> str:
+        valid = engine_choices(sim)
+        if value not in valid:
+            raise typer.BadParameter(f"unknown engine {value!r}; valid: {', '.join(valid)}")
+        return value
+
+    return check
+
+
+def urls_of(backends: str, engine: str) -> list[str]:
+    """The comma-separated `--backends` as a list; ValueError when there is none."""
+    urls = [u.strip() for u in backends.split(",") if u.strip()]
+    if not urls:
+        raise ValueError(f"--engine {engine} needs --backends URL[,URL...]")
+    return urls
+
+
+# The help lists the engines registered when the CLI is imported (the check reads them again).
+RUN_ENGINE_OPT = typer.Option(
+    SIM_ENGINE,
+    "--engine",
+    callback=_engine_check(sim=True),
+    help=f"{SIM_ENGINE} (the simulator) or a live engine at --backends: "
+    f"{', '.join(engine_choices())}.",
+)
+LIVE_ENGINE_OPT = typer.Option(
+    "vllm",
+    "--engine",
+    callback=_engine_check(sim=False),
+    help=f"The engine the --backends URLs serve: {', '.join(engine_choices())}.",
+)
 
 
 engine_app = typer.Typer(help="Local vLLM replicas.", no_args_is_help=True)

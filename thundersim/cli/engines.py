@@ -14,6 +14,7 @@ from thundersim.cli.app import (
     DECAY_OPT,
     DT_OPT,
     JSON_OPT,
+    LIVE_ENGINE_OPT,
     PARAM_OPT,
     SEED_OPT,
     TRACE_OPT,
@@ -21,10 +22,12 @@ from thundersim.cli.app import (
     engine_app,
     fail,
     run_fast,
+    urls_of,
 )
 from thundersim.core.policy import PolicyOptions, parse_params
 from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
-from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.engine_adapters.registry import make_backends
+from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.live.calibrate import calibrate, validate
 from thundersim.policies import registry
 from thundersim.sim.latency import LatencyProfile
@@ -35,13 +38,13 @@ from thundersim.traces.schema import TraceError
 @app.command("calibrate")
 def calibrate_cmd(
     backends: str = typer.Option(..., help="URL of the live server to measure."),
+    engine: str = LIVE_ENGINE_OPT,
     out: Path = typer.Option(Path("latency-profile.json"), help="Where to write the profile."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Measure a live engine's prefill and decode times and write a latency profile."""
-    url = backends.split(",")[0].strip()
     try:
-        profile, samples = calibrate(url)
+        profile, samples = calibrate(urls_of(backends, engine)[0], engine)
     except (RuntimeError, OSError, ValueError) as exc:
         fail(str(exc))
     profile.save(out)
@@ -84,6 +87,7 @@ def calibrate_cmd(
 def validate_cmd(
     trace: Path = TRACE_OPT,
     backends: str = typer.Option(..., help="URL of the live server."),
+    engine: str = LIVE_ENGINE_OPT,
     latency_profile: Path = typer.Option(..., help="Profile from `thundersim calibrate`."),
     concurrency: int = typer.Option(8, help="Programs in the system at once."),
     programs: int = typer.Option(16, help="Use the first N programs of the trace."),
@@ -94,12 +98,12 @@ def validate_cmd(
 ) -> None:
     """Run a trace live and simulated (with a calibrated profile) for vllm and stp and print
     the relative error of throughput, KV hit rate and preemptions."""
-    url = backends.split(",")[0].strip()
     try:
+        url = urls_of(backends, engine)[0]
         profile = LatencyProfile.load(latency_profile)
         specs = scale_trace(load_trace(trace)[:programs], token_scale, time_scale)
         options = PolicyOptions(tick_interval=dt, decay="none")
-        records = validate(url, specs, profile, concurrency, options)
+        records = validate(url, specs, profile, concurrency, options, engine=engine)
     except (ValueError, TraceError, RuntimeError) as exc:
         fail(str(exc))
     if as_json:
@@ -156,8 +160,9 @@ def engine_up(
 @app.command()
 def serve(
     backends: str = typer.Option(
-        ..., help="Comma-separated vLLM server URLs (the only ones used)."
+        ..., help="Comma-separated server URLs of --engine (the only ones used)."
     ),
+    engine: str = LIVE_ENGINE_OPT,
     policy: str = typer.Option("stp", help="Scheduling policy (see `thundersim policies`)."),
     router: str = typer.Option("least_loaded", help="Router for request-level placement."),
     param: list[str] | None = PARAM_OPT,
@@ -179,10 +184,8 @@ def serve(
     replicas. Send `program_id` with each call and POST /programs/release at the end."""
     from thundersim.live.serve import Proxy, ServeConfig, serve_until_stopped
 
-    urls = [u.strip() for u in backends.split(",") if u.strip()]
     try:
-        if not urls:
-            raise ValueError("--backends needs at least one URL")
+        urls = urls_of(backends, engine)
         options = PolicyOptions(
             tick_interval=dt,
             decay=decay,
@@ -203,7 +206,7 @@ def serve(
 
     async def main_async():
         book = TokenBook(vocab=TINY_VOCAB)  # unused by forwarded calls; kept for the contract
-        live = [VLLMBackend(i, url, book) for i, url in enumerate(urls)]
+        live = make_backends(engine, urls, book)
         try:
             for b in live:
                 await b.connect()

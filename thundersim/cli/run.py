@@ -6,6 +6,7 @@ import contextlib
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -25,7 +26,9 @@ from thundersim.cli.app import (
     PARAM_OPT,
     PROFILE_OPT,
     REPLICAS_OPT,
+    RUN_ENGINE_OPT,
     SEED_OPT,
+    SIM_ENGINE,
     TP_OPT,
     TRACE_OPT,
     WARMUP_OPT,
@@ -33,12 +36,14 @@ from thundersim.cli.app import (
     app,
     fail,
     run_fast,
+    urls_of,
     warmup_or_default,
 )
 from thundersim.core.envs import EnvLimits
 from thundersim.engine_adapters.local import TINY_VOCAB
+from thundersim.engine_adapters.registry import make_backends
 from thundersim.engine_adapters.sandbox import DockerSandbox, LocalSandbox
-from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.live.driver import run_live, write_live_log
 from thundersim.metrics.window import describe
 from thundersim.policies import registry
@@ -88,8 +93,8 @@ def run(
     ),
     as_json: bool = JSON_OPT,
     progress: bool = typer.Option(True, help="Show a progress bar on stderr."),
-    engine: str = typer.Option("sim", help="sim (the simulator) or vllm (live replicas)."),
-    backends: str = typer.Option("", help="--engine vllm: comma-separated server URLs."),
+    engine: str = RUN_ENGINE_OPT,
+    backends: str = typer.Option("", help="A live --engine: comma-separated server URLs."),
     time_scale: float = typer.Option(1.0, help="Live: multiply tool/prep/arrival times by this."),
     token_scale: float = typer.Option(1.0, help="Live: multiply every token count by this."),
     tool_manager: str = typer.Option(
@@ -110,8 +115,8 @@ def run(
         1e-4, help="Live: bytes written per byte of a sandbox's trace disk size."
     ),
 ) -> None:
-    """Simulate a trace under a policy (or run it live on vLLM) and summarise throughput, hit
-    rate and STP cost."""
+    """Simulate a trace under a policy (or run it live on real engines) and summarise
+    throughput, hit rate and STP cost."""
     try:
         options, config = build_run(
             router=router,
@@ -142,13 +147,45 @@ def run(
         specs = load_trace(trace)
     except (ValueError, TraceError) as exc:
         fail(str(exc))
+    live = None
+    if engine != SIM_ENGINE:
+        live = LiveArgs(engine, backends, sandbox, sandbox_root, disk_scale)
+        specs = scale_trace(specs, token_scale, time_scale)
+    result = _execute(specs, pol, config, str(trace), live, f"{policy} c={concurrency}", progress)
+    if out is not None:
+        result.write(out)
+        if live is not None:
+            write_live_log(result, specs, out / "steps.jsonl")
+    s = result.summary
+    if as_json:
+        typer.echo(json.dumps(s))
+    else:
+        _print_summary(s, out)
+    if s["interrupted"]:
+        raise typer.Exit(130)
 
+
+@dataclass(frozen=True, slots=True)
+class LiveArgs:
+    """What a live run needs beyond the run's config: the engine by name (its registry entry
+    builds a backend per URL), the URLs, and where tool environments are made."""
+
+    engine: str
+    backends: str  # comma-separated server URLs
+    sandbox: str
+    sandbox_root: Path | None
+    disk_scale: float
+
+
+def _execute(specs, pol, config, trace: str, live: LiveArgs | None, desc: str, progress: bool):
+    """Run simulated (live is None) or live, with a progress bar on stderr; a run that cannot
+    start or fails ends the command with its reason."""
     # A horizon run has no last program: its progress is simulated time.
     by_time = config.horizon_s is not None
     bar = tqdm(
         total=int(config.horizon_s) if by_time else len(specs),
         unit="sim-s" if by_time else "prog",
-        desc=f"{policy} c={concurrency}",
+        desc=desc,
         disable=not progress,
         file=sys.stderr,
         leave=False,
@@ -161,42 +198,14 @@ def run(
         bar.update((int(now) if by_time else done) - bar.n)  # tqdm rate-limits the redraws
 
     try:
-        if engine == "sim":
-            result = simulate(specs, pol, config, trace_name=str(trace), progress=tick)
-        elif engine == "vllm":
-            specs = scale_trace(specs, token_scale, time_scale)
-            result = run_fast(
-                _run_live(
-                    specs,
-                    pol,
-                    backends,
-                    config,
-                    str(trace),
-                    seed,
-                    sample_dt,
-                    tick,
-                    sandbox,
-                    sandbox_root,
-                    disk_scale,
-                )
-            )
-        else:
-            raise ValueError(f"unknown engine {engine!r}; valid: sim, vllm")
+        if live is None:
+            return simulate(specs, pol, config, trace_name=trace, progress=tick)
+        return run_fast(_run_live(specs, pol, config, trace, live, tick))
     except (ValueError, RuntimeError) as exc:
-        bar.close()
+        bar.close()  # before the message, so the bar's line is cleared, not the message
         fail(str(exc))
-    bar.close()
-    if out is not None:
-        result.write(out)
-        if engine == "vllm":
-            write_live_log(result, specs, out / "steps.jsonl")
-    s = result.summary
-    if as_json:
-        typer.echo(json.dumps(s))
-    else:
-        _print_summary(s, out)
-    if s["interrupted"]:
-        raise typer.Exit(130)
+    finally:
+        bar.close()
 
 
 def _make_sandbox(kind: str, root: Path | None, disk_scale: float, stack: contextlib.ExitStack):
@@ -210,37 +219,36 @@ def _make_sandbox(kind: str, root: Path | None, disk_scale: float, stack: contex
     raise ValueError(f"unknown sandbox {kind!r}; valid: local, docker")
 
 
-async def _run_live(
-    specs, pol, backends, config, trace, seed, sample_dt, tick, sandbox, sandbox_root, disk_scale
-):
-    urls = [u.strip() for u in backends.split(",") if u.strip()]
-    if not urls:
-        raise ValueError("--engine vllm needs --backends URL[,URL...]")
+def _check_fits(specs, backends) -> None:
+    fits = min(b.capacity_tokens for b in backends)
+    for p in specs:
+        if p.peak_context > fits:
+            raise ValueError(
+                f"program {p.id}: its context reaches {p.peak_context} tokens, above the "
+                f"smallest replica's {fits}; lower --token-scale"
+            )
+
+
+async def _run_live(specs, pol, config, trace: str, live: LiveArgs, tick):
+    urls = urls_of(live.backends, live.engine)
     # Ids below the tiny local model's vocabulary (2,048) are valid ids of any real model too.
-    book = TokenBook(vocab=TINY_VOCAB)
-    live = [VLLMBackend(i, url, book) for i, url in enumerate(urls)]
+    backends = make_backends(live.engine, urls, TokenBook(vocab=TINY_VOCAB))
     try:
-        for b in live:
+        for b in backends:
             await b.connect()
-        fits = min(b.capacity_tokens for b in live)
-        for p in specs:
-            if p.peak_context > fits:
-                raise ValueError(
-                    f"program {p.id}: its context reaches {p.peak_context} tokens, above the "
-                    f"smallest replica's {fits}; lower --token-scale"
-                )
+        _check_fits(specs, backends)
         with contextlib.ExitStack() as stack:
             provider = None
             if config.tool_manager is not None:
-                provider = _make_sandbox(sandbox, sandbox_root, disk_scale, stack)
+                provider = _make_sandbox(live.sandbox, live.sandbox_root, live.disk_scale, stack)
             return await run_live(
                 specs,
                 pol,
-                live,
+                backends,
                 config.concurrency,
                 trace,
-                seed,
-                sample_dt,
+                config.seed,
+                config.sample_dt,
                 progress=tick,
                 sandbox=provider,
                 tool_manager=config.tool_manager or "gc",
@@ -249,7 +257,7 @@ async def _run_live(
                 warmup_s=config.warmup_s,
             )
     finally:
-        for b in live:
+        for b in backends:
             await b.close()
 
 

@@ -29,6 +29,10 @@ floor of 1 % of the row), and refuses samples that cannot tell the coefficients 
 `LatencyProfile` it writes has zero memory terms: on the measured engine the compute line
 already contains whatever memory traffic it has. `--latency-profile FILE` loads it.
 
+The live engine is built by name from thundersim.engine_adapters.registry ("vllm" by default);
+the measurements assume vLLM's semantics (per-request cached tokens, `ignore_eos`), which any
+OpenAI-compatible engine with prefix caching can offer.
+
 This module composes live engines, policies and the simulator, so like the CLI it sits at the
 edge of the core (nothing in the core imports it).
 """
@@ -41,8 +45,10 @@ import time
 import numpy as np
 from scipy.optimize import nnls
 
-from thundersim.core.backend import Request, Usage
-from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.core.backend import Backend, Request, Usage
+from thundersim.engine_adapters.local import TINY_VOCAB
+from thundersim.engine_adapters.registry import make_backends
+from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.live.driver import run_live
 from thundersim.metrics.window import check_comparable
 from thundersim.policies import make_policy
@@ -51,32 +57,48 @@ from thundersim.sim.latency import LatencyProfile
 from thundersim.sim.simulate import RunConfig, simulate
 
 
+def _settle(fut: asyncio.Future, result=None, exc: Exception | None = None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
 async def _timed_batch(
-    backend: VLLMBackend, prompts: list[int], max_tokens: int, tag: str
+    backend: Backend, book: TokenBook, prompts: list[int], max_tokens: int, tag: str
 ) -> tuple[float, list[Usage]]:
     """Wall seconds for a batch of concurrent requests, and their usage. Each request's token
-    ids are its tag's (TokenBook): a new tag has no cache hits, the same tag again the same
-    prompt."""
+    ids are its tag's (in `book`, the backend's TokenBook): a new tag has no cache hits, the
+    same tag again the same prompt. A call the engine could not serve fails the measurement."""
     loop = asyncio.get_running_loop()
     reqs = [
         Request(f"{tag}-{i}", 0, length, max_tokens, None, 0, 0.0, 0, chain_id=f"{tag}-{i}")
         for i, length in enumerate(prompts)
     ]
     for req in reqs:
-        backend.book.prompt(req)  # draw the token ids before the clock starts (O(length))
+        book.prompt(req)  # draw the token ids before the clock starts (O(length))
     done: list[asyncio.Future] = []
     t0 = time.perf_counter()
     for req in reqs:
         fut = loop.create_future()
         done.append(fut)
-        backend.submit(req, lambda u, f=fut: f.set_result(u) if not f.done() else None)
+        backend.submit(
+            req,
+            lambda u, f=fut: _settle(f, u),
+            lambda _req, exc, f=fut: _settle(f, exc=exc),
+        )
     usages = await asyncio.gather(*done)
     return time.perf_counter() - t0, list(usages)
 
 
+# The measurement design: prefill lengths and decode contexts up to the tiny local model's 4,096
+# tokens, batches up to what its default 2-core server runs in a few seconds per repeat.
+# provenance: estimate — a design that tells the four coefficients apart (test_calibrate)
 PREFILL_LENGTHS = (128, 256, 512, 1024, 2048)
-DECODE_BATCHES = (1, 2, 4, 8)
-DECODE_CONTEXTS = (128, 512, 2048)
+DECODE_BATCHES = (1, 2, 4, 8)  # provenance: estimate — see PREFILL_LENGTHS
+DECODE_CONTEXTS = (128, 512, 2048)  # provenance: estimate — see PREFILL_LENGTHS
 
 Row = tuple[float, float, float, float, float]  # (overhead, tokens, pairs, seqs, round trips)
 COLUMNS = ("overhead", "tokens", "pairs", "seqs", "round_trips")
@@ -144,18 +166,22 @@ async def measure(
     k1: int = 8,
     k2: int = 40,
     repeat: int = 5,
+    engine: str = "vllm",
 ) -> dict:
     """Samples: rows of COLUMNS (see prefill_gain_row / prefill_row / decode_row), seconds `y`
     (median of `repeat`), their standard errors `sd`, each row's `kind` ("prefill" or
     "decode"), and `prefill` ("cache-hit difference" or "raw")."""
-    backend = VLLMBackend(0, url, TokenBook(vocab=2048, seed=int(time.time())))
+    # Ids below the tiny local model's vocabulary are valid ids of any real model too; a seed
+    # of its own per run: an earlier run's prompts, still cached, would be hits
+    book = TokenBook(vocab=TINY_VOCAB, seed=int(time.time()))
+    [backend] = make_backends(engine, [url], book)
     await backend.connect()
     gain: list[tuple[Row, float, float]] = []
     raw: list[tuple[Row, float, float]] = []
     decode: list[tuple[Row, float, float]] = []
     try:
         max_len = backend.capacity_tokens - 1
-        await _timed_batch(backend, [64], 2, "warm")  # first request pays one-off set-up
+        await _timed_batch(backend, book, [64], 2, "warm")  # first request pays one-off set-up
         # Repeats go round the whole design (not one row's repeats in a row), so a burst of
         # load on the machine spoils one repeat of several rows, which their medians drop.
         lengths = [L for L in prefill_lengths if max_len - k2 >= L]
@@ -166,14 +192,14 @@ async def measure(
         per: dict[tuple[int, int], list[float]] = {bc: [] for bc in design}
         for r in range(repeat):
             for n, length in enumerate(lengths):
-                t_cold, u_cold = await _timed_batch(backend, [length], 1, f"pre{n}r{r}")
-                t_warm, u_warm = await _timed_batch(backend, [length], 1, f"pre{n}r{r}")
+                t_cold, u_cold = await _timed_batch(backend, book, [length], 1, f"pre{n}r{r}")
+                t_warm, u_warm = await _timed_batch(backend, book, [length], 1, f"pre{n}r{r}")
                 cold[length].append(t_cold)
                 diff[length].append(t_cold - t_warm)
                 hits[length].add(u_warm[0].cached_tokens - u_cold[0].cached_tokens)
             for n, (b, c) in enumerate(design):
-                t1, _ = await _timed_batch(backend, [c] * b, k1, f"dec{n}a{r}")
-                t2, _ = await _timed_batch(backend, [c] * b, k2, f"dec{n}b{r}")
+                t1, _ = await _timed_batch(backend, book, [c] * b, k1, f"dec{n}a{r}")
+                t2, _ = await _timed_batch(backend, book, [c] * b, k2, f"dec{n}b{r}")
                 per[b, c].append((t2 - t1) / (k2 - k1))
         for length in lengths:
             raw.append((prefill_row(length), *_estimate(cold[length])))
@@ -240,8 +266,8 @@ def fit(samples: dict, source: str) -> LatencyProfile:
     )
 
 
-def calibrate(url: str) -> tuple[LatencyProfile, dict]:
-    samples = asyncio.run(measure(url))
+def calibrate(url: str, engine: str = "vllm") -> tuple[LatencyProfile, dict]:
+    samples = asyncio.run(measure(url, engine=engine))
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     profile = fit(samples, source=f"calibrated against {url} at {when}")
     http = samples["http_s"]
@@ -295,13 +321,20 @@ __all__ = [
 ]
 
 
-async def _live_summary(url, specs, policy, concurrency, options) -> tuple[dict, int, int]:
-
-    backend = VLLMBackend(0, url, TokenBook(vocab=2048))
+async def _live_summary(url, specs, policy, concurrency, options, engine) -> tuple[dict, int, int]:
+    """The live run's summary, and the engine's KV pool and block size (from its stats: the
+    simulated replica is given the same)."""
+    [backend] = make_backends(engine, [url], TokenBook(vocab=TINY_VOCAB))
     await backend.connect()
     try:
         result = await run_live(specs, make_policy(policy, options), [backend], concurrency)
-        return result.summary, backend.capacity_tokens, backend.block_size
+        block = backend.stats().extra.get("block_size")
+        if not block:
+            raise ValueError(
+                f"engine {engine!r} at {url} reports no KV block size "
+                "(EngineStats.extra['block_size']): validate cannot size the simulated replica"
+            )
+        return result.summary, backend.capacity_tokens, int(block)
     finally:
         await backend.close()
 
@@ -315,6 +348,7 @@ def validate(
     policies=("vllm", "stp"),
     max_batched_tokens: int = LIVE_CPU_MAX_BATCHED_TOKENS,
     max_num_seqs: int = LIVE_CPU_MAX_NUM_SEQS,
+    engine: str = "vllm",
 ) -> list[dict]:
     """Run the (scaled) trace live and simulated with the calibrated profile, for each policy;
     records of policy, metric, sim, live, rel_error. The simulated engine gets the live one's
@@ -323,7 +357,9 @@ def validate(
 
     records = []
     for policy in policies:
-        live, capacity, block = asyncio.run(_live_summary(url, specs, policy, concurrency, options))
+        live, capacity, block = asyncio.run(
+            _live_summary(url, specs, policy, concurrency, options, engine)
+        )
         config = RunConfig(
             setup=make_setup(kv_capacity_override=capacity),
             concurrency=concurrency,
