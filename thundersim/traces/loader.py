@@ -25,12 +25,12 @@ class _DuplicateKey(ValueError):
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     # json.loads keeps the last of two equal keys without a word; in a trace that hides typos.
-    d: dict = {}
+    obj: dict = {}
     for key, value in pairs:
-        if key in d:
+        if key in obj:
             raise _DuplicateKey(key)
-        d[key] = value
-    return d
+        obj[key] = value
+    return obj
 
 
 def load_trace(path: str | Path) -> list[ProgramSpec]:
@@ -55,12 +55,12 @@ def load_trace(path: str | Path) -> list[ProgramSpec]:
             continue
         where = f"{path}:{lineno}"
         try:
-            d = json.loads(stripped, object_pairs_hook=_no_duplicate_keys)
+            obj = json.loads(stripped, object_pairs_hook=_no_duplicate_keys)
         except _DuplicateKey as e:
             raise _fail(where, "key appears twice in one object", str(e)) from None
         except json.JSONDecodeError as e:
             raise _fail(where, f"not valid JSON ({e.msg} at column {e.colno})") from None
-        program = program_from_dict(d, where)
+        program = program_from_dict(obj, where)
         if program.id in first_line:
             raise _fail(
                 where,
@@ -90,14 +90,18 @@ def scale_trace(
     if token_scale <= 0 or time_scale <= 0:
         raise ValueError("scales must be > 0")
 
-    def tok(n: int) -> int:
-        return max(1, round(n * token_scale))
+    def scaled(tokens: int) -> int:
+        return max(1, round(tokens * token_scale))
 
     out = []
     for p in programs:
         steps = tuple(
             StepSpec(
-                tok(s.input_tokens), tok(s.output_tokens), s.tool, s.tool_s * time_scale, s.reset
+                scaled(s.input_tokens),
+                scaled(s.output_tokens),
+                s.tool,
+                s.tool_s * time_scale,
+                s.reset,
             )
             for s in p.steps
         )

@@ -1,4 +1,4 @@
-"""Trace schema v1: one agent program per JSON line, and its loader.
+"""Trace schema v1: one agent program per JSON line, and its validation.
 
 A trace is what the Driver replays: for every program, the LLM calls it makes and the tool
 it runs after each one. Context grows cumulatively: the i-th call's prompt is the shared
@@ -16,9 +16,9 @@ the final answer may have ``"tool": ""`` with ``"tool_s": 0``. ``"reset": true``
 marks a call before which the agent reset its context (condensation, restart): its prompt is
 the shared prefix plus its own input only, and nothing of the old context is reused.
 
-Loading is all-or-nothing: ``load_trace`` validates every line and raises ``TraceError`` with
-``PATH:LINE: what is wrong (field NAME)`` on the first bad one, so a typo never turns into a
-silently different experiment and nothing is ever half-loaded.
+Loading is all-or-nothing: ``load_trace`` (thundersim.traces.loader) validates every line and
+raises ``TraceError`` with ``PATH:LINE: what is wrong (field NAME)`` on the first bad one, so a
+typo never turns into a silently different experiment and nothing is ever half-loaded.
 """
 
 from __future__ import annotations
@@ -211,17 +211,36 @@ def _str(value: Any, where: str, name: str, allow_empty: bool = False) -> str:
     return value
 
 
-def program_from_dict(d: dict, where: str) -> ProgramSpec:
+def program_from_dict(obj: Any, where: str) -> ProgramSpec:
     """Validate one parsed trace line and build its ProgramSpec.
 
     `where` ("path:line") prefixes every error message.
     """
-    if not isinstance(d, dict):
-        raise _fail(where, f"expected a JSON object, got {_json_type(d)}")
+    if not isinstance(obj, dict):
+        raise _fail(where, f"expected a JSON object, got {_json_type(obj)}")
+    _check_version(obj, where)
+    _check_keys(obj, _TOP_KEYS, _REQUIRED_TOP, where, None)
+    # Checked in the order of the documented keys, so the first bad one is the one reported.
+    program_id = _str(obj["id"], where, "id")
+    workload = _str(obj["workload"], where, "workload")
+    arrival_s = _seconds(obj["arrival_s"], where, "arrival_s")
+    prefix_id, prefix_tokens = _prefix_of(obj, where)
+    return ProgramSpec(
+        id=program_id,
+        workload=workload,
+        arrival_s=arrival_s,
+        prefix_id=prefix_id,
+        prefix_tokens=prefix_tokens,
+        env=_env_of(obj, where),
+        steps=_steps_of(obj["steps"], where),
+    )
+
+
+def _check_version(obj: dict, where: str) -> None:
     # The version comes first: a line from a newer schema should say so, not list odd keys.
-    if "version" not in d:
+    if "version" not in obj:
         raise _fail(where, "missing required field", "version")
-    version = d["version"]
+    version = obj["version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise _fail(where, f"expected an integer, got {_json_type(version)}", "version")
     if version != TRACE_VERSION:
@@ -230,92 +249,80 @@ def program_from_dict(d: dict, where: str) -> ProgramSpec:
             f"unsupported trace version {version}, this thundersim reads version {TRACE_VERSION}",
             "version",
         )
-    _check_keys(d, _TOP_KEYS, _REQUIRED_TOP, where, None)
 
-    program_id = _str(d["id"], where, "id")
-    workload = _str(d["workload"], where, "workload")
-    arrival_s = _seconds(d["arrival_s"], where, "arrival_s")
 
-    prefix_id: str | None = None
-    prefix_tokens = 0
-    if "prefix" in d:
-        prefix = _check_keys(d["prefix"], _PREFIX_KEYS, _PREFIX_KEYS, where, "prefix")
-        if prefix["id"] is not None:
-            prefix_id = _str(prefix["id"], where, "prefix.id")
-        prefix_tokens = _int(prefix["tokens"], where, "prefix.tokens")
-        if prefix_tokens > 0 and prefix_id is None:
-            # Without an id nothing can share the prefix's KV, so it is a mistake, not a prefix.
-            raise _fail(where, f"{prefix_tokens} prefix tokens but no prefix id", "prefix.id")
+def _prefix_of(obj: dict, where: str) -> tuple[str | None, int]:
+    """(id, tokens) of the line's shared prefix; (None, 0) without one."""
+    if "prefix" not in obj:
+        return None, 0
+    prefix = _check_keys(obj["prefix"], _PREFIX_KEYS, _PREFIX_KEYS, where, "prefix")
+    prefix_id = None if prefix["id"] is None else _str(prefix["id"], where, "prefix.id")
+    prefix_tokens = _int(prefix["tokens"], where, "prefix.tokens")
+    if prefix_tokens > 0 and prefix_id is None:
+        # Without an id nothing can share the prefix's KV, so it is a mistake, not a prefix.
+        raise _fail(where, f"{prefix_tokens} prefix tokens but no prefix id", "prefix.id")
+    return prefix_id, prefix_tokens
 
-    env = EnvSpec()
-    if "env" in d:
-        raw_env = _check_keys(d["env"], _ENV_KEYS, (), where, "env")
-        env = EnvSpec(
-            prep_s=_seconds(raw_env.get("prep_s", 0.0), where, "env.prep_s"),
-            disk_bytes=_int(raw_env.get("disk_bytes", 0), where, "env.disk_bytes"),
-            ports=_int(raw_env.get("ports", 0), where, "env.ports"),
-        )
 
-    raw_steps = d["steps"]
+def _env_of(obj: dict, where: str) -> EnvSpec:
+    if "env" not in obj:
+        return EnvSpec()
+    raw_env = _check_keys(obj["env"], _ENV_KEYS, (), where, "env")
+    return EnvSpec(
+        prep_s=_seconds(raw_env.get("prep_s", 0.0), where, "env.prep_s"),
+        disk_bytes=_int(raw_env.get("disk_bytes", 0), where, "env.disk_bytes"),
+        ports=_int(raw_env.get("ports", 0), where, "env.ports"),
+    )
+
+
+def _steps_of(raw_steps: Any, where: str) -> tuple[StepSpec, ...]:
     if not isinstance(raw_steps, list):
         raise _fail(where, f"expected an array, got {_json_type(raw_steps)}", "steps")
     if not raw_steps:
         raise _fail(where, "a program needs at least one step", "steps")
-    steps = []
-    for k, raw in enumerate(raw_steps):
-        name = f"steps[{k}]"
-        _check_keys(raw, _STEP_KEYS, _REQUIRED_STEP, where, name)
-        # Every call sends at least one new token (the user turn or a tool observation), and
-        # an engine always generates at least one token.
-        input_tokens = _int(raw["input_tokens"], where, f"{name}.input_tokens", minimum=1)
-        output_tokens = _int(raw["output_tokens"], where, f"{name}.output_tokens", minimum=1)
-        tool = _str(raw["tool"], where, f"{name}.tool", allow_empty=True)
-        tool_s = _seconds(raw["tool_s"], where, f"{name}.tool_s")
-        if not tool and tool_s > 0:
-            raise _fail(where, f"tool_s is {tool_s} but no tool is named", f"{name}.tool")
-        reset = raw.get("reset", False)
-        if not isinstance(reset, bool):
-            raise _fail(where, f"expected true or false, got {_json_type(reset)}", f"{name}.reset")
-        steps.append(StepSpec(input_tokens, output_tokens, tool, tool_s, reset))
-
-    return ProgramSpec(
-        id=program_id,
-        workload=workload,
-        arrival_s=arrival_s,
-        prefix_id=prefix_id,
-        prefix_tokens=prefix_tokens,
-        env=env,
-        steps=tuple(steps),
-    )
+    return tuple(_step_of(raw, where, f"steps[{index}]") for index, raw in enumerate(raw_steps))
 
 
-def program_to_dict(p: ProgramSpec) -> dict:
+def _step_of(raw: Any, where: str, name: str) -> StepSpec:
+    _check_keys(raw, _STEP_KEYS, _REQUIRED_STEP, where, name)
+    # Every call sends at least one new token (the user turn or a tool observation), and
+    # an engine always generates at least one token.
+    input_tokens = _int(raw["input_tokens"], where, f"{name}.input_tokens", minimum=1)
+    output_tokens = _int(raw["output_tokens"], where, f"{name}.output_tokens", minimum=1)
+    tool = _str(raw["tool"], where, f"{name}.tool", allow_empty=True)
+    tool_s = _seconds(raw["tool_s"], where, f"{name}.tool_s")
+    if not tool and tool_s > 0:
+        raise _fail(where, f"tool_s is {tool_s} but no tool is named", f"{name}.tool")
+    reset = raw.get("reset", False)
+    if not isinstance(reset, bool):
+        raise _fail(where, f"expected true or false, got {_json_type(reset)}", f"{name}.reset")
+    return StepSpec(input_tokens, output_tokens, tool, tool_s, reset)
+
+
+def program_to_dict(program: ProgramSpec) -> dict:
     """The JSON line of a program, every key present, in the documented order."""
     return {
         "version": TRACE_VERSION,
-        "id": p.id,
-        "workload": p.workload,
-        "arrival_s": round(p.arrival_s, _SECONDS_DECIMALS),
-        "prefix": {"id": p.prefix_id, "tokens": p.prefix_tokens},
+        "id": program.id,
+        "workload": program.workload,
+        "arrival_s": round(program.arrival_s, _SECONDS_DECIMALS),
+        "prefix": {"id": program.prefix_id, "tokens": program.prefix_tokens},
         "env": {
-            "prep_s": round(p.env.prep_s, _SECONDS_DECIMALS),
-            "disk_bytes": p.env.disk_bytes,
-            "ports": p.env.ports,
+            "prep_s": round(program.env.prep_s, _SECONDS_DECIMALS),
+            "disk_bytes": program.env.disk_bytes,
+            "ports": program.env.ports,
         },
-        "steps": [_step_to_dict(s) for s in p.steps],
+        "steps": [_step_to_dict(step) for step in program.steps],
     }
 
 
-def _step_to_dict(s: StepSpec) -> dict:
-    d = {
-        "input_tokens": s.input_tokens,
-        "output_tokens": s.output_tokens,
-        "tool": s.tool,
-        "tool_s": round(s.tool_s, _SECONDS_DECIMALS),
+def _step_to_dict(step: StepSpec) -> dict:
+    line = {
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "tool": step.tool,
+        "tool_s": round(step.tool_s, _SECONDS_DECIMALS),
     }
-    if s.reset:  # optional: traces without resets stay as they were
-        d["reset"] = True
-    return d
-
-
-# --- files ------------------------------------------------------------------------------------
+    if step.reset:  # optional: traces without resets stay as they were
+        line["reset"] = True
+    return line

@@ -53,7 +53,7 @@ from thundersim.traces.converters._common import (
     tool_call_name,
     where,
 )
-from thundersim.traces.schema import EnvSpec, ProgramSpec, _json_type
+from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec, _json_type
 
 __all__ = ["convert"]
 
@@ -119,6 +119,43 @@ def _tool_seconds(
 
 def _convert_file(path: Path, workload: str) -> ProgramSpec:
     data = load_json(path)
+    messages, submitted = _messages_of(data, path)
+    prefix_texts, first_call = _prefix_texts(messages, path)
+    calls, trailing = _calls(messages, first_call, where(path, data))
+    usages = [_usage(messages[j], where(path, messages[j]), f"messages[{j}]") for j, _ in calls]
+
+    prefix_tokens = sum(estimate_tokens(text) for text in prefix_texts)
+    counts: list[tuple[int, int, bool]] | None = None  # (input, output, reset) per call
+    if all(usage is not None for usage in usages):
+        prompts = [usage[0] for usage in usages]
+        outputs = [usage[1] for usage in usages]
+        prefix_tokens = max(0, min(prefix_tokens, min(prompts) - 1))
+        inputs = reconstruct_inputs(prompts, outputs, prefix_tokens)
+        counts = [
+            (new, output, reset) for (new, reset), output in zip(inputs, outputs, strict=True)
+        ]
+
+    steps = []
+    for i, (j, sent) in enumerate(calls):
+        last = i == len(calls) - 1
+        observations = calls[i + 1][1] if not last else trailing
+        call_counts = counts[i] if counts is not None else None
+        steps.append(_step(messages, path, j, sent, observations, last and submitted, call_counts))
+
+    return ProgramSpec(
+        id=_program_id(path),
+        workload=workload,
+        arrival_s=0.0,
+        prefix_id=prefix_id_for("\x00".join(prefix_texts)) if prefix_tokens > 0 else None,
+        prefix_tokens=prefix_tokens,
+        env=EnvSpec(),
+        steps=tuple(steps),
+    )
+
+
+def _messages_of(data: Any, path: Path) -> tuple[list[dict], bool]:
+    """The trajectory's messages, each checked to be an object with a role, and whether the
+    run ended ``Submitted``."""
     if not isinstance(data, dict):
         raise fail(f"{path}:1", f"expected a JSON object, got {_json_type(data)}")
     top = where(path, data)
@@ -136,87 +173,81 @@ def _convert_file(path: Path, workload: str) -> ProgramSpec:
         if not isinstance(msg.get("role"), str):
             raise fail(where(path, msg), "missing required field", f"messages[{k}].role")
     info = data.get("info") if isinstance(data.get("info"), dict) else {}
-    submitted = str(info.get("exit_status") or "").lower() == "submitted"
+    return messages, str(info.get("exit_status") or "").lower() == "submitted"
 
-    # leading system message(s) = the shared prefix
-    prefix_texts, k = [], 0
+
+def _prefix_texts(messages: list[dict], path: Path) -> tuple[list[str], int]:
+    """Texts of the leading system message(s), the shared prefix, and the index after them."""
+    texts, k = [], 0
     while k < len(messages) and messages[k]["role"] == "system":
-        prefix_texts.append(message_text(messages[k], where(path, messages[k]), f"messages[{k}]"))
+        texts.append(message_text(messages[k], where(path, messages[k]), f"messages[{k}]"))
         k += 1
+    return texts, k
 
-    # calls: (index of the assistant message, indices of the messages sent before it)
+
+def _calls(
+    messages: list[dict], start: int, top: str
+) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """(index of the assistant message, indices of the messages sent before it) per call, and
+    the indices of the last call's observations."""
     calls: list[tuple[int, list[int]]] = []
     pending: list[int] = []
-    for j in range(k, len(messages)):
+    for j in range(start, len(messages)):
         role = messages[j]["role"]
         if role == "assistant":
             calls.append((j, pending))
             pending = []
         elif role not in _NOT_SENT:
             pending.append(j)
-    trailing = pending  # observations of the last call
     if not calls:
         raise fail(top, "no assistant message: the trajectory has no LLM call", "messages")
+    return calls, pending
 
-    usages = []
-    for j, _ in calls:
-        usages.append(_usage(messages[j], where(path, messages[j]), f"messages[{j}]"))
-    use_usage = all(u is not None for u in usages)
 
-    prefix_tokens = sum(estimate_tokens(t) for t in prefix_texts)
-    outputs: list[int] = []
-    inputs: list[tuple[int, bool]] = []
-    if use_usage:
-        prompts = [u[0] for u in usages]
-        outputs = [u[1] for u in usages]
-        prefix_tokens = max(0, min(prefix_tokens, min(prompts) - 1))
-        inputs = reconstruct_inputs(prompts, outputs, prefix_tokens)
+def _step(
+    messages: list[dict],
+    path: Path,
+    call: int,
+    sent: list[int],
+    observations: list[int],
+    submits_at_end: bool,
+    counts: tuple[int, int, bool] | None,
+) -> StepSpec:
+    """The step of the assistant message `call`: its tokens from `counts` (usage), else
+    estimated from the text of the call and of the messages `sent` before it; its tool and the
+    tool's time from the call and its `observations`."""
+    msg = messages[call]
+    name = f"messages[{call}]"
+    text = message_text(msg, where(path, msg), name)
+    if counts is None:
+        reasoning = msg.get("reasoning_content")
+        output = estimate_tokens(text + (reasoning if isinstance(reasoning, str) else ""))
+        new = sum(
+            estimate_tokens(message_text(messages[s], where(path, messages[s]), f"messages[{s}]"))
+            for s in sent
+        )
+        counts = (new, output, False)
+    shown = [s for s in observations if messages[s]["role"] in ("user", "tool")]
+    tool = _tool_of(msg, text, submits_at_end)
+    tool_s = 0.0
+    if tool:
+        obs_msgs = [messages[s] for s in shown]
+        tool_s = _tool_seconds(msg, obs_msgs, path, name, [f"messages[{s}]" for s in shown])
+    new, output, reset = counts
+    return make_step(new, output, tool, tool_s, reset)
 
-    steps = []
-    for i, (j, sent) in enumerate(calls):
-        msg = messages[j]
-        at = where(path, msg)
-        name = f"messages[{j}]"
-        text = message_text(msg, at, name)
-        if not use_usage:
-            reasoning = msg.get("reasoning_content")
-            out = estimate_tokens(text + (reasoning if isinstance(reasoning, str) else ""))
-            new = sum(
-                estimate_tokens(
-                    message_text(messages[s], where(path, messages[s]), f"messages[{s}]")
-                )
-                for s in sent
-            )
-            outputs.append(out)
-            inputs.append((new, False))
 
-        last = i == len(calls) - 1
-        observations = calls[i + 1][1] if not last else trailing
-        obs_msgs = [messages[s] for s in observations if messages[s]["role"] in ("user", "tool")]
-        obs_names = [
-            f"messages[{s}]" for s in observations if messages[s]["role"] in ("user", "tool")
-        ]
-
-        fn = tool_call_name(msg)
-        commands = _BASH_BLOCK.findall(text)
-        if fn:
-            tool = fn
-        elif len(commands) == 1:
-            tool = "bash"
-        else:
-            tool = ""  # format error: mini-SWE-agent ran nothing and asked again
-        if tool and (any(m in text for m in _SUBMIT_MARKERS) or (last and submitted)):
-            tool = "submit"
-        tool_s = _tool_seconds(msg, obs_msgs, path, name, obs_names) if tool else 0.0
-        new, reset = inputs[i]
-        steps.append(make_step(new, outputs[i], tool, tool_s, reset))
-
-    return ProgramSpec(
-        id=_program_id(path),
-        workload=workload,
-        arrival_s=0.0,
-        prefix_id=prefix_id_for("\x00".join(prefix_texts)) if prefix_tokens > 0 else None,
-        prefix_tokens=prefix_tokens,
-        env=EnvSpec(),
-        steps=tuple(steps),
-    )
+def _tool_of(msg: dict, text: str, submits_at_end: bool) -> str:
+    """The tool a call ran: its tool call's function, "bash" for exactly one bash block, ""
+    for a format error (mini-SWE-agent ran nothing and asked again); "submit" for one that
+    submits (a marker in its command, or the last call of a ``Submitted`` run)."""
+    function = tool_call_name(msg)
+    if function:
+        tool = function
+    elif len(_BASH_BLOCK.findall(text)) == 1:
+        tool = "bash"
+    else:
+        tool = ""
+    if tool and (any(marker in text for marker in _SUBMIT_MARKERS) or submits_at_end):
+        tool = "submit"
+    return tool

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from thundersim.traces.converters._common import (
     estimate_tokens,
@@ -63,7 +64,7 @@ __all__ = ["convert"]
 
 @dataclass(slots=True)
 class _Call:
-    at: str  # "path:line"
+    location: str  # "path:line", for errors about it
     order: int  # position over all files, for stable ordering
     prompt: int
     completion: int
@@ -92,6 +93,7 @@ def _program_id(rec: dict, field: str, at: str) -> str:
 
 
 def _parse(rec: dict, at: str, order: int) -> _Call:
+    """One record's call, every field checked (in the order the format lists them)."""
     request = need(rec, "request", at, "request")
     if not isinstance(request, dict):
         raise fail(at, f"expected an object, got {_json_type(request)}", "request")
@@ -99,61 +101,17 @@ def _parse(rec: dict, at: str, order: int) -> _Call:
     if not isinstance(response, dict):
         raise fail(at, f"expected an object, got {_json_type(response)}", "response")
     usage = response.get("usage")
-
-    messages = request.get("messages")
-    if messages is None and usage is None:
-        raise fail(at, "missing required field (needed without usage)", "request.messages")
-    if messages is not None and not isinstance(messages, list):
-        raise fail(at, f"expected an array, got {_json_type(messages)}", "request.messages")
-    messages = messages or []
+    messages = _request_messages(request, usage, at)
     prefix_texts = []
-    for k, m in enumerate(messages):
-        if not (isinstance(m, dict) and m.get("role") in ("system", "developer")):
+    for k, msg in enumerate(messages):
+        if not (isinstance(msg, dict) and msg.get("role") in ("system", "developer")):
             break
-        prefix_texts.append(message_text(m, at, f"request.messages[{k}]"))
-
-    choices = response.get("choices")
-    message: dict | None = None
-    if choices is not None:
-        if not isinstance(choices, list):
-            raise fail(at, f"expected an array, got {_json_type(choices)}", "response.choices")
-        if choices:
-            message = need(choices[0], "message", at, "response.choices[0].message")
-            if not isinstance(message, dict):
-                raise fail(
-                    at,
-                    f"expected an object, got {_json_type(message)}",
-                    "response.choices[0].message",
-                )
-
+        prefix_texts.append(message_text(msg, at, f"request.messages[{k}]"))
+    message = _first_choice(response, at)
     if usage is not None:
-        if not isinstance(usage, dict):
-            raise fail(at, f"expected an object, got {_json_type(usage)}", "response.usage")
-        prompt = need_int(usage, "prompt_tokens", at, "response.usage.prompt_tokens", minimum=1)
-        completion = need_int(usage, "completion_tokens", at, "response.usage.completion_tokens")
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, dict) and details.get("cached_tokens") is not None:
-            cached = need_int(
-                details, "cached_tokens", at, "response.usage.prompt_tokens_details.cached_tokens"
-            )
-            if cached > prompt:
-                raise fail(
-                    at,
-                    f"{cached} cached tokens but only {prompt} prompt tokens",
-                    "response.usage.prompt_tokens_details.cached_tokens",
-                )
+        prompt, completion = _usage_counts(usage, at)
     else:
-        if message is None:
-            raise fail(
-                at, "no usage and no choices[0].message to estimate from", "response.choices"
-            )
-        prompt = sum(
-            estimate_tokens(message_text(m, at, f"request.messages[{k}]"))
-            for k, m in enumerate(messages)
-        )
-        text = message_text(message, at, "response.choices[0].message")
-        reasoning = message.get("reasoning_content")
-        completion = estimate_tokens(text + (reasoning if isinstance(reasoning, str) else ""))
+        prompt, completion = _estimated_counts(messages, message, at)
 
     start = number(rec["start"], at, "start") if rec.get("start") is not None else None
     end = number(rec["end"], at, "end") if rec.get("end") is not None else None
@@ -169,6 +127,68 @@ def _parse(rec: dict, at: str, order: int) -> _Call:
     if tool_s and not tool:
         raise fail(at, f"tool_s is {tool_s} but no tool is named", "tool")
     return _Call(at, order, prompt, completion, prefix_texts, start, end, tool, tool_s)
+
+
+def _request_messages(request: dict, usage: Any, at: str) -> list:
+    """The request's messages ([] when absent, which only a record with usage may be)."""
+    messages = request.get("messages")
+    if messages is None and usage is None:
+        raise fail(at, "missing required field (needed without usage)", "request.messages")
+    if messages is not None and not isinstance(messages, list):
+        raise fail(at, f"expected an array, got {_json_type(messages)}", "request.messages")
+    return messages or []
+
+
+def _first_choice(response: dict, at: str) -> dict | None:
+    """The first choice's message, or None when the response has no choices."""
+    choices = response.get("choices")
+    if choices is None:
+        return None
+    if not isinstance(choices, list):
+        raise fail(at, f"expected an array, got {_json_type(choices)}", "response.choices")
+    if not choices:
+        return None
+    message = need(choices[0], "message", at, "response.choices[0].message")
+    if not isinstance(message, dict):
+        raise fail(
+            at,
+            f"expected an object, got {_json_type(message)}",
+            "response.choices[0].message",
+        )
+    return message
+
+
+def _usage_counts(usage: Any, at: str) -> tuple[int, int]:
+    """(prompt, completion) tokens from ``usage``; cached tokens are checked, not kept."""
+    if not isinstance(usage, dict):
+        raise fail(at, f"expected an object, got {_json_type(usage)}", "response.usage")
+    prompt = need_int(usage, "prompt_tokens", at, "response.usage.prompt_tokens", minimum=1)
+    completion = need_int(usage, "completion_tokens", at, "response.usage.completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    if isinstance(details, dict) and details.get("cached_tokens") is not None:
+        cached = need_int(
+            details, "cached_tokens", at, "response.usage.prompt_tokens_details.cached_tokens"
+        )
+        if cached > prompt:
+            raise fail(
+                at,
+                f"{cached} cached tokens but only {prompt} prompt tokens",
+                "response.usage.prompt_tokens_details.cached_tokens",
+            )
+    return prompt, completion
+
+
+def _estimated_counts(messages: list, message: dict | None, at: str) -> tuple[int, int]:
+    """(prompt, completion) tokens estimated from the text of a record without usage."""
+    if message is None:
+        raise fail(at, "no usage and no choices[0].message to estimate from", "response.choices")
+    prompt = sum(
+        estimate_tokens(message_text(msg, at, f"request.messages[{k}]"))
+        for k, msg in enumerate(messages)
+    )
+    text = message_text(message, at, "response.choices[0].message")
+    reasoning = message.get("reasoning_content")
+    return prompt, estimate_tokens(text + (reasoning if isinstance(reasoning, str) else ""))
 
 
 def convert(
@@ -190,36 +210,36 @@ def convert(
         if all(c.start is not None for c in calls):
             calls.sort(key=lambda c: (c.start, c.order))
     starts = [c[0].start for c in groups.values() if c[0].start is not None]
-    t0 = min(starts) if starts else 0.0
+    first_start = min(starts) if starts else 0.0
+    return [_program(pid, calls, workload, first_start) for pid, calls in groups.items()]
 
-    programs = []
-    for pid, calls in groups.items():
-        prefix_texts = calls[0].prefix_texts
-        prompts = [c.prompt for c in calls]
-        outputs = [c.completion for c in calls]
-        prefix_tokens = max(0, min(sum(estimate_tokens(t) for t in prefix_texts), min(prompts) - 1))
-        inputs = reconstruct_inputs(prompts, outputs, prefix_tokens)
-        steps = []
-        for i, call in enumerate(calls):
-            nxt = calls[i + 1] if i + 1 < len(calls) else None
-            tool_s = call.tool_s
-            if tool_s is None:
-                tool_s = 0.0
-                if nxt is not None and call.end is not None and nxt.start is not None:
-                    tool_s = max(0.0, nxt.start - call.end)
-            tool = call.tool or ("unknown" if tool_s > 0 else "")
-            new, reset = inputs[i]
-            steps.append(make_step(new, call.completion, tool, tool_s, reset))
-        first = calls[0].start
-        programs.append(
-            ProgramSpec(
-                id=pid,
-                workload=workload,
-                arrival_s=first - t0 if first is not None else 0.0,
-                prefix_id=prefix_id_for("\x00".join(prefix_texts)) if prefix_tokens > 0 else None,
-                prefix_tokens=prefix_tokens,
-                env=EnvSpec(),
-                steps=tuple(steps),
-            )
-        )
-    return programs
+
+def _program(pid: str, calls: list[_Call], workload: str, first_start: float) -> ProgramSpec:
+    """A program from its calls in order; its arrival is its first start after `first_start`,
+    the earliest over all programs."""
+    prefix_texts = calls[0].prefix_texts
+    prompts = [c.prompt for c in calls]
+    outputs = [c.completion for c in calls]
+    prefix_tokens = max(0, min(sum(estimate_tokens(t) for t in prefix_texts), min(prompts) - 1))
+    inputs = reconstruct_inputs(prompts, outputs, prefix_tokens)
+    steps = []
+    for i, call in enumerate(calls):
+        following = calls[i + 1] if i + 1 < len(calls) else None
+        tool_s = call.tool_s
+        if tool_s is None:
+            tool_s = 0.0
+            if following is not None and call.end is not None and following.start is not None:
+                tool_s = max(0.0, following.start - call.end)
+        tool = call.tool or ("unknown" if tool_s > 0 else "")
+        new, reset = inputs[i]
+        steps.append(make_step(new, call.completion, tool, tool_s, reset))
+    first = calls[0].start
+    return ProgramSpec(
+        id=pid,
+        workload=workload,
+        arrival_s=first - first_start if first is not None else 0.0,
+        prefix_id=prefix_id_for("\x00".join(prefix_texts)) if prefix_tokens > 0 else None,
+        prefix_tokens=prefix_tokens,
+        env=EnvSpec(),
+        steps=tuple(steps),
+    )

@@ -126,6 +126,58 @@ def _history_chunks(history: list, prefix_end: int, path: Path) -> tuple[list[in
 
 def _convert_file(path: Path, workload: str) -> ProgramSpec:
     data = load_json(path)
+    trajectory = _trajectory_of(data, path)
+    history = data.get("history")
+    if history is not None:
+        history = _messages(history, path, data, "history")
+
+    # The shared prefix: from the first call's query if there is one, else from the history.
+    first_query = _query_of(trajectory, 0, path)
+    prefix_source, prefix_name = (
+        (first_query, "trajectory[0].query") if first_query is not None else (history, "history")
+    )
+    prefix_texts: list[str] = []
+    if prefix_source is not None:
+        prefix_texts, _ = _split_prefix(prefix_source, path, prefix_name)
+
+    chunks: list[int] | None = None
+    first_input: int | None = None  # the first call's input, from the history
+    if history is not None:
+        _, history_start = _split_prefix(history, path, "history")
+        chunks, rest = _history_chunks(history, history_start, path)
+        first_input = chunks[0] if chunks else rest
+        if len(chunks) != len(trajectory):
+            chunks = None  # history does not line up with the calls (re-queries, subroutines)
+
+    steps = []
+    for k, step in enumerate(trajectory):
+        input_tokens = _input_tokens(data, trajectory, k, path, chunks, first_input)
+        output_tokens, action = _output_of(step, where(path, step), f"trajectory[{k}]")
+        words = action.split()
+        tool = words[0] if words else ""
+        tool_s = 0.0
+        if step.get("execution_time") is not None:
+            tool_s = seconds(
+                step["execution_time"], where(path, step), f"trajectory[{k}].execution_time"
+            )
+        steps.append(make_step(input_tokens, output_tokens, tool, tool_s))
+
+    program_id = path.name.removesuffix(".traj") if path.name.endswith(".traj") else path.stem
+    prefix_text = "\x00".join(prefix_texts)
+    prefix_tokens = sum(estimate_tokens(text) for text in prefix_texts)
+    return ProgramSpec(
+        id=program_id,
+        workload=workload,
+        arrival_s=0.0,
+        prefix_id=prefix_id_for(prefix_text) if prefix_tokens > 0 else None,
+        prefix_tokens=prefix_tokens,
+        env=EnvSpec(),
+        steps=tuple(steps),
+    )
+
+
+def _trajectory_of(data: Any, path: Path) -> list[dict]:
+    """The file's ``trajectory``: a non-empty array of step objects."""
     if not isinstance(data, dict):
         raise fail(f"{path}:1", f"expected a JSON object, got {_json_type(data)}")
     if "trajectory" not in data:
@@ -142,96 +194,66 @@ def _convert_file(path: Path, workload: str) -> ProgramSpec:
             raise fail(
                 where(path, data), f"expected an object, got {_json_type(step)}", f"trajectory[{k}]"
             )
+    return trajectory
 
-    history = data.get("history")
-    if history is not None:
-        history = _messages(history, path, data, "history")
 
-    def query_of(k: int) -> list | None:
-        step = trajectory[k]
-        for key in ("query", "messages"):
-            if step.get(key) is not None:
-                return _messages(step[key], path, step, f"trajectory[{k}].{key}")
-        return None
+def _query_of(trajectory: list[dict], k: int, path: Path) -> list | None:
+    """The messages sent for call k (1.x writes them as ``query``, some as ``messages``)."""
+    step = trajectory[k]
+    for key in ("query", "messages"):
+        if step.get(key) is not None:
+            return _messages(step[key], path, step, f"trajectory[{k}].{key}")
+    return None
 
-    # The shared prefix: from the first call's query if there is one, else from the history.
-    first_query = query_of(0)
-    prefix_source, prefix_name = (
-        (first_query, "trajectory[0].query") if first_query is not None else (history, "history")
-    )
-    prefix_texts: list[str] = []
-    if prefix_source is not None:
-        prefix_texts, _ = _split_prefix(prefix_source, path, prefix_name)
 
-    chunks: list[int] | None = None
-    first_input: int | None = None  # the first call's input, from the history
-    if history is not None:
-        _, h_start = _split_prefix(history, path, "history")
-        chunks, rest = _history_chunks(history, h_start, path)
-        first_input = chunks[0] if chunks else rest
-        if len(chunks) != len(trajectory):
-            chunks = None  # history does not line up with the calls (re-queries, subroutines)
-
-    steps = []
-    for k, step in enumerate(trajectory):
-        at = where(path, step)
-        name = f"trajectory[{k}]"
-        # input: what is new in this call's prompt
-        query = query_of(k)
-        if query is not None:
-            _, q_start = _split_prefix(query, path, f"{name}.query")
-            input_tokens = _query_input(query, q_start, path, f"{name}.query")
-        elif chunks is not None:
-            input_tokens = chunks[k]
-        elif k == 0 and first_input is not None:
-            input_tokens = first_input
-        elif k > 0:
-            obs = trajectory[k - 1].get("observation")
-            if not isinstance(obs, str):
-                raise fail(
-                    where(path, trajectory[k - 1]),
-                    "needed to size the next call's input (no query or matching history): "
-                    + ("missing" if obs is None else f"expected a string, got {_json_type(obs)}"),
-                    f"trajectory[{k - 1}].observation",
-                )
-            input_tokens = estimate_tokens(obs)
-        else:
+def _input_tokens(
+    data: dict,
+    trajectory: list[dict],
+    k: int,
+    path: Path,
+    chunks: list[int] | None,
+    first_input: int | None,
+) -> int:
+    """What is new in call k's prompt: from its query, else its chunk of the history, else
+    (the first call) the history before the first turn, else the previous observation."""
+    query = _query_of(trajectory, k, path)
+    if query is not None:
+        name = f"trajectory[{k}].query"
+        _, query_start = _split_prefix(query, path, name)
+        return _query_input(query, query_start, path, name)
+    if chunks is not None:
+        return chunks[k]
+    if k == 0 and first_input is not None:
+        return first_input
+    if k > 0:
+        obs = trajectory[k - 1].get("observation")
+        if not isinstance(obs, str):
             raise fail(
-                where(path, data),
-                "cannot size the first call's input: no query in the step and no history",
-                "history",
+                where(path, trajectory[k - 1]),
+                "needed to size the next call's input (no query or matching history): "
+                + ("missing" if obs is None else f"expected a string, got {_json_type(obs)}"),
+                f"trajectory[{k - 1}].observation",
             )
-
-        # output: the raw model response
-        response = step.get("response")
-        if response is None or response == "":
-            response = step.get("thought")
-        if response is None:
-            raise fail(at, "step has no response (nor thought)", f"{name}.response")
-        if not isinstance(response, str):
-            raise fail(at, f"expected a string, got {_json_type(response)}", f"{name}.response")
-        action = step.get("action") or ""
-        if not isinstance(action, str):
-            raise fail(at, f"expected a string, got {_json_type(action)}", f"{name}.action")
-        text = response if action.strip() in response else response + action
-        output_tokens = estimate_tokens(text)
-
-        words = action.split()
-        tool = words[0] if words else ""
-        tool_s = 0.0
-        if step.get("execution_time") is not None:
-            tool_s = seconds(step["execution_time"], at, f"{name}.execution_time")
-        steps.append(make_step(input_tokens, output_tokens, tool, tool_s))
-
-    program_id = path.name.removesuffix(".traj") if path.name.endswith(".traj") else path.stem
-    prefix_text = "\x00".join(prefix_texts)
-    prefix_tokens = sum(estimate_tokens(t) for t in prefix_texts)
-    return ProgramSpec(
-        id=program_id,
-        workload=workload,
-        arrival_s=0.0,
-        prefix_id=prefix_id_for(prefix_text) if prefix_tokens > 0 else None,
-        prefix_tokens=prefix_tokens,
-        env=EnvSpec(),
-        steps=tuple(steps),
+        return estimate_tokens(obs)
+    raise fail(
+        where(path, data),
+        "cannot size the first call's input: no query in the step and no history",
+        "history",
     )
+
+
+def _output_of(step: dict, at: str, name: str) -> tuple[int, str]:
+    """(output tokens, action) of a step: the raw model response (its thought when there is
+    none), plus the action's text when the response does not contain it."""
+    response = step.get("response")
+    if response is None or response == "":
+        response = step.get("thought")
+    if response is None:
+        raise fail(at, "step has no response (nor thought)", f"{name}.response")
+    if not isinstance(response, str):
+        raise fail(at, f"expected a string, got {_json_type(response)}", f"{name}.response")
+    action = step.get("action") or ""
+    if not isinstance(action, str):
+        raise fail(at, f"expected a string, got {_json_type(action)}", f"{name}.action")
+    text = response if action.strip() in response else response + action
+    return estimate_tokens(text), action

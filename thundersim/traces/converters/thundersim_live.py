@@ -91,7 +91,7 @@ PROGRAM_FIELDS = ("workload", "prefix_id", "prefix_tokens", "disk_bytes", "ports
 
 @dataclass(slots=True)
 class _Line:
-    at: str
+    location: str  # "path:line", for errors about it
     order: int
     step: int
     prompt: int
@@ -148,6 +148,16 @@ def _parse(rec: dict, at: str, order: int) -> tuple[str, _Line]:
 def convert(paths: list[Path], workload: str | None = None) -> list[ProgramSpec]:
     """One program per ``program_id`` over all lines of all files; `workload` overrides the
     logged workload name when given."""
+    groups = _group_lines(paths)
+    programs = [_program(pid, lines, workload) for pid, lines in groups.items()]
+    first = {p.id: min(ln.order for ln in groups[p.id]) for p in programs}
+    programs.sort(key=lambda p: (p.arrival_s, first[p.id]))
+    return programs
+
+
+def _group_lines(paths: list[Path]) -> dict[str, list[_Line]]:
+    """Every line of every file by program id, each program's properties equal on all of its
+    lines."""
     groups: dict[str, list[_Line]] = {}
     order = 0
     for path in paths:
@@ -162,51 +172,48 @@ def convert(paths: list[Path], workload: str | None = None) -> list[ProgramSpec]
                     if a != b
                 )
                 raise fail(
-                    line.at,
+                    line.location,
                     f"program {pid!r} has {key} {_get(line, key)!r} here but "
-                    f"{_get(lines[0], key)!r} at {lines[0].at}",
+                    f"{_get(lines[0], key)!r} at {lines[0].location}",
                     key,
                 )
             lines.append(line)
     if not groups:
         raise TraceError(f"{', '.join(str(p) for p in paths)}: no records")
+    return groups
 
-    programs = []
-    for pid, lines in groups.items():
-        lines.sort(key=lambda ln: (ln.step, ln.order))
-        for k, line in enumerate(lines):
-            if line.step != k:
-                if line.step < k:
-                    raise fail(
-                        line.at,
-                        f"step {line.step} of program {pid!r} logged twice (also at {lines[k - 1].at})",
-                        "step",
-                    )
+
+def _program(pid: str, lines: list[_Line], workload: str | None) -> ProgramSpec:
+    """The program of one id's lines, which must hold steps 0..n-1 each exactly once."""
+    lines.sort(key=lambda ln: (ln.step, ln.order))
+    for k, line in enumerate(lines):
+        if line.step != k:
+            if line.step < k:
                 raise fail(
-                    line.at, f"program {pid!r} has no step {k} before step {line.step}", "step"
+                    line.location,
+                    f"step {line.step} of program {pid!r} logged twice (also at {lines[k - 1].location})",
+                    "step",
                 )
-        wl, prefix_id, prefix_tokens, disk, ports, arrival = lines[0].program
-        inputs = reconstruct_inputs(
-            [ln.prompt for ln in lines], [ln.output for ln in lines], prefix_tokens
-        )
-        steps: list[StepSpec] = [
-            make_step(new, ln.output, ln.tool, ln.tool_s, reset)
-            for ln, (new, reset) in zip(lines, inputs, strict=True)
-        ]
-        programs.append(
-            ProgramSpec(
-                id=pid,
-                workload=workload or wl,
-                arrival_s=arrival,
-                prefix_id=prefix_id,
-                prefix_tokens=prefix_tokens,
-                env=EnvSpec(prep_s=lines[0].prep_s, disk_bytes=disk, ports=ports),
-                steps=tuple(steps),
+            raise fail(
+                line.location, f"program {pid!r} has no step {k} before step {line.step}", "step"
             )
-        )
-    first = {p.id: min(ln.order for ln in groups[p.id]) for p in programs}
-    programs.sort(key=lambda p: (p.arrival_s, first[p.id]))
-    return programs
+    logged_workload, prefix_id, prefix_tokens, disk, ports, arrival = lines[0].program
+    inputs = reconstruct_inputs(
+        [ln.prompt for ln in lines], [ln.output for ln in lines], prefix_tokens
+    )
+    steps: list[StepSpec] = [
+        make_step(new, ln.output, ln.tool, ln.tool_s, reset)
+        for ln, (new, reset) in zip(lines, inputs, strict=True)
+    ]
+    return ProgramSpec(
+        id=pid,
+        workload=workload or logged_workload,
+        arrival_s=arrival,
+        prefix_id=prefix_id,
+        prefix_tokens=prefix_tokens,
+        env=EnvSpec(prep_s=lines[0].prep_s, disk_bytes=disk, ports=ports),
+        steps=tuple(steps),
+    )
 
 
 def _get(line: _Line, key: str) -> Any:

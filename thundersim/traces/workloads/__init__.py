@@ -2,6 +2,14 @@
 
 Each generator is ``generate(n_programs, seed) -> list[ProgramSpec]``, deterministic in the
 seed; register it here once by name and the CLI picks it up.
+
+Reading guide:
+- `swe.py`: mini-SWE-agent on SWE-bench, the first workload, which the others cite;
+- `openhands.py`, `science.py`: OpenHands on SWE-bench and on ScienceAgentBench, two sets of
+  constants for the one agent loop of `codeact.py`;
+- `toolorchestra.py`: an 8B orchestrator calling remote tools on HLE, no sandbox;
+- `rollout.py`: RL rollout groups of mini-SWE-agent samples sharing their task's prefix;
+- `distributions.py`: lognormals fitted to published quantiles and the sampling helpers.
 """
 
 from __future__ import annotations

@@ -11,9 +11,8 @@ Every parameter cites /work/shared/WORKLOADS.md (WORKLOADS), /work/shared/PAPER.
 named OpenHands source file (OpenHands), or says ASSUMPTION. Fits are to published quantiles;
 expect the shape, not the exact tails, of real runs.
 
-This module also holds the small fitting and sampling helpers the other generators share
-(`Lognormal`, `LognormalMixture`, `CodeActProfile`, `codeact_program`), so that science.py
-(OpenHands on ScienceAgentBench) reuses the same agent loop with its own constants.
+The agent loop is codeact.py's, shared with science.py (OpenHands on ScienceAgentBench, its
+own constants); the distributions are distributions.py's.
 
 Randomness: one stream for arrivals and one per program, derived from the seed, so
 ``generate(n, seed)[:k] == generate(k, seed)``.
@@ -23,249 +22,13 @@ Randomness: one stream for arrivals and one per program, derived from the seed, 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from statistics import NormalDist
-
-import numpy as np
-
-from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec
+from thundersim.traces.schema import ProgramSpec
 
 from . import swe
+from .codeact import CodeActProfile, Tool, codeact_generate
+from .distributions import Lognormal
 
 WORKLOAD = "openhands"
-
-# --- fitting helpers --------------------------------------------------------------------------
-
-_NORMAL = NormalDist()
-Z95 = _NORMAL.inv_cdf(0.95)  # provenance: definition — z-score of the standard normal (1.6449)
-Z99 = _NORMAL.inv_cdf(0.99)  # provenance: definition — z-score of the standard normal (2.3263)
-# provenance: definition — the trace's resolution (ms); no tool call takes zero time
-TOOL_S_MIN = 0.001
-
-
-@dataclass(frozen=True, slots=True)
-class Lognormal:
-    """A lognormal by its median and sigma (the sd of its log)."""
-
-    median: float
-    sigma: float
-
-    @classmethod
-    def through(cls, p95: float, p99: float) -> Lognormal:
-        """The lognormal whose p95 and p99 are the given ones: sigma = ln(p99/p95)/(z99 − z95)."""
-        sigma = math.log(p99 / p95) / (Z99 - Z95)
-        return cls(p95 / math.exp(Z95 * sigma), sigma)
-
-    @classmethod
-    def from_mode(cls, mode: float, sigma: float) -> Lognormal:
-        """The lognormal with this mode (mode = median·e^(−σ²))."""
-        return cls(mode * math.exp(sigma * sigma), sigma)
-
-    def cdf(self, x: float) -> float:
-        return _NORMAL.cdf(math.log(x / self.median) / self.sigma)
-
-    def quantile(self, q: float) -> float:
-        return self.median * math.exp(self.sigma * _NORMAL.inv_cdf(q))
-
-    def draw(self, rng: np.random.Generator) -> float:
-        return float(rng.lognormal(math.log(self.median), self.sigma))
-
-
-@dataclass(frozen=True, slots=True)
-class LognormalMixture:
-    """A body lognormal and, with probability `tail_weight`, a slow tail lognormal.
-
-    Heavy-tailed tool latencies (a mode of a few seconds, a p99 of minutes) do not fit one
-    lognormal: through p95 and p99 alone its mode lands at milliseconds. A body fixed by the
-    mode (or an ASSUMPTION) plus a tail fitted to p95 and p99 keeps all three.
-    """
-
-    body: Lognormal
-    tail: Lognormal
-    tail_weight: float
-
-    @classmethod
-    def through(
-        cls, p95: float, p99: float, body: Lognormal, tail_weight: float
-    ) -> LognormalMixture:
-        """Fit the tail so that the mixture's p95 and p99 are exactly the given ones.
-
-        Mixture CDF F(q) = (1 − w)·F_body(q) + w·F_tail(q); at q = p95 and q = p99 each
-        equation fixes F_tail at one point, F_tail(q) = (F(q) − (1 − w)·F_body(q)) / w, so
-        the tail's z-scores there are known, and sigma = ln(p99/p95)/(z_b − z_a),
-        median = p95·e^(−z_a·sigma), in closed form.
-        """
-        w = tail_weight
-        a = (0.95 - (1 - w) * body.cdf(p95)) / w
-        b = (0.99 - (1 - w) * body.cdf(p99)) / w
-        if not 0 < a < b < 1:
-            raise ValueError(f"no tail of weight {w} fits p95 {p95} / p99 {p99} with {body}")
-        za, zb = _NORMAL.inv_cdf(a), _NORMAL.inv_cdf(b)
-        sigma = math.log(p99 / p95) / (zb - za)
-        return cls(body, Lognormal(p95 / math.exp(za * sigma), sigma), w)
-
-    def cdf(self, x: float) -> float:
-        return (1 - self.tail_weight) * self.body.cdf(x) + self.tail_weight * self.tail.cdf(x)
-
-    def quantile(self, q: float) -> float:
-        """Inverse CDF by bisection on log x (for docs and tests; not in the hot loop)."""
-        lo, hi = math.log(1e-6), math.log(1e6)
-        for _ in range(100):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self.cdf(math.exp(mid)) < q else (lo, mid)
-        return math.exp((lo + hi) / 2)
-
-    def draw(self, rng: np.random.Generator) -> float:
-        # Always two draws, so a program's stream stays aligned whichever component is chosen.
-        slow = rng.random() < self.tail_weight
-        return (self.tail if slow else self.body).draw(rng)
-
-
-Distribution = Lognormal | LognormalMixture
-
-
-def draw_tokens(rng: np.random.Generator, dist: Lognormal, cap: int, scale: float = 1.0) -> int:
-    """A token count ≥ 1 from `dist` (median times `scale`), capped at `cap`."""
-    return max(1, min(cap, round(scale * dist.draw(rng))))
-
-
-def seconds(x: float, cap: float) -> float:
-    """Clamp a duration to [TOOL_S_MIN, cap] and round it to the trace's resolution, so that
-    dump -> load gives back an equal ProgramSpec."""
-    return round(max(TOOL_S_MIN, min(cap, x)), 3)
-
-
-def poisson_arrivals(n_programs: int, seed: int, per_min: float, stream: int = 0) -> list[float]:
-    """Arrival times of a Poisson stream at `per_min`, the first at t = 0; prefix-stable."""
-    rng = np.random.default_rng([seed, stream])
-    gaps = rng.exponential(60.0 / per_min, size=n_programs)
-    gaps[0] = 0.0
-    return [round(float(t), 3) for t in np.cumsum(gaps)]
-
-
-# --- the CodeAct agent loop, shared with science.py ------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Tool:
-    """One tool of the agent: how often it is picked, how long it runs, how much it prints."""
-
-    name: str
-    fraction: float  # share of the non-final actions
-    latency: Distribution  # seconds
-    # Its observation's size relative to the workload's median.
-    observation_scale: float = 1.0  # provenance: definition — neutral default (no rescaling)
-
-
-@dataclass(frozen=True, slots=True)
-class CodeActProfile:
-    """Everything that differs between two OpenHands workloads; see the module constants."""
-
-    workload: str
-    prefix_id: str
-    prefix_tokens: int
-    turns: Lognormal
-    turns_min: int
-    turns_max: int
-    task_tokens: Lognormal
-    task_template_tokens: int
-    task_tokens_max: int
-    observation_tokens: Lognormal
-    observation_tokens_max: int
-    verbosity_sigma: float
-    output_tokens: Lognormal
-    output_tokens_max: int
-    tools: tuple[Tool, ...]
-    finish: Tool
-    tool_s_max: float
-    reset_probability: float
-    reset_min_turn: int
-    summary_tokens: Lognormal
-    summary_tokens_max: int
-    keep_fraction: float
-    max_context_tokens: int
-    env_prep_s: Lognormal
-    env_disk_floor_bytes: int
-    env_disk_excess_bytes: Lognormal
-    env_ports: int
-
-
-def codeact_program(
-    profile: CodeActProfile, index: int, arrival_s: float, rng: np.random.Generator
-) -> ProgramSpec:
-    """One program of an OpenHands-style workload, drawn from `rng` (the program's own stream)."""
-    p = profile
-    turns = max(p.turns_min, min(p.turns_max, round(p.turns.draw(rng))))
-    verbosity = Lognormal(1.0, p.verbosity_sigma).draw(rng)  # per task: some repos print more
-    fractions = np.array([t.fraction for t in p.tools])
-    fractions = fractions / fractions.sum()
-
-    steps: list[StepSpec] = []
-    task = draw_tokens(rng, p.task_tokens, p.task_tokens_max) + p.task_template_tokens
-    context = p.prefix_tokens  # the prompt of the next call, before its new input
-    history = 0  # tokens after the task in the current context (what condensation shrinks)
-    previous = p.tools[0]
-    for k in range(turns):
-        reset, observation = False, 0
-        if k == 0:
-            new = task
-        else:
-            scale = verbosity * previous.observation_scale
-            observation = draw_tokens(rng, p.observation_tokens, p.observation_tokens_max, scale)
-            new = observation
-            condense = k >= p.reset_min_turn and rng.random() < p.reset_probability
-            # A call that would overflow the window is condensed first, whatever the dice say.
-            overflow = context + new + p.output_tokens.median > p.max_context_tokens
-            if condense or overflow:
-                # The history becomes the task (kept first), an LLM-written summary and the
-                # newer part of the conversation, all re-sent: none of the old KV is reused.
-                summary = draw_tokens(rng, p.summary_tokens, p.summary_tokens_max)
-                kept = round(p.keep_fraction * history)
-                new, reset = task + summary + kept + observation, True
-                context, history = p.prefix_tokens, summary + kept
-        out = draw_tokens(rng, p.output_tokens, p.output_tokens_max)
-        if steps and context + new + out > p.max_context_tokens:
-            break  # even condensed it does not fit: the run ends on a context-limit error
-        context += new + out
-        history += observation + out
-        tool = p.tools[int(rng.choice(len(p.tools), p=fractions))]
-        tool_s = seconds(tool.latency.draw(rng), p.tool_s_max)
-        steps.append(StepSpec(new, out, tool.name, tool_s, reset))
-        previous = tool
-    # The last call's action is the finish, whatever tool it would otherwise have used.
-    last = steps[-1]
-    steps[-1] = StepSpec(
-        last.input_tokens,
-        last.output_tokens,
-        p.finish.name,
-        seconds(p.finish.latency.draw(rng), p.tool_s_max),
-        last.reset,
-    )
-    disk = p.env_disk_floor_bytes + round(p.env_disk_excess_bytes.draw(rng))
-    env = EnvSpec(prep_s=round(p.env_prep_s.draw(rng), 3), disk_bytes=disk, ports=p.env_ports)
-    return ProgramSpec(
-        id=f"{p.workload}-{index:04d}",
-        workload=p.workload,
-        arrival_s=arrival_s,
-        prefix_id=p.prefix_id,
-        prefix_tokens=p.prefix_tokens,
-        env=env,
-        steps=tuple(steps),
-    )
-
-
-def codeact_generate(
-    profile: CodeActProfile, n_programs: int, seed: int, arrivals_per_min: float
-) -> list[ProgramSpec]:
-    if n_programs < 1:
-        raise ValueError(f"n_programs must be at least 1, got {n_programs}")
-    arrivals = poisson_arrivals(n_programs, seed, arrivals_per_min, _ARRIVAL_STREAM)
-    return [
-        codeact_program(profile, i, arrivals[i], np.random.default_rng([seed, _PROGRAM_STREAM, i]))
-        for i in range(n_programs)
-    ]
-
 
 # --- OpenHands on SWE-bench: the constants ---------------------------------------------------
 
@@ -408,10 +171,6 @@ ENV_PORTS = 4  # provenance: spec — OpenHands' DockerRuntime takes four host p
 
 # --- arrivals ---
 ARRIVALS_PER_MIN = swe.ARRIVALS_PER_MIN  # ASSUMPTION, as swe.py: a Poisson stream, 6/min
-
-# Stream labels mixed into the seed, so each subsystem has its own independent stream.
-_ARRIVAL_STREAM = 0  # provenance: definition — a random-stream label
-_PROGRAM_STREAM = 1  # provenance: definition — a random-stream label
 
 PROFILE = CodeActProfile(
     workload=WORKLOAD,

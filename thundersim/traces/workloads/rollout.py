@@ -31,7 +31,7 @@ import numpy as np
 from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec
 
 from . import swe
-from .openhands import Lognormal, draw_tokens, seconds
+from .distributions import Lognormal, draw_tokens, seconds
 
 WORKLOAD = "rollout"
 

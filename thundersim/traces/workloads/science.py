@@ -1,6 +1,6 @@
 """OpenHands (CodeActAgent) on ScienceAgentBench (102 tasks), from published statistics.
 
-The same agent loop as openhands.py (it is the same agent) with the task suite's own numbers:
+The same agent loop as openhands.py (it is the same agent: codeact.py) with the task suite's own numbers:
 a task is a data-driven science problem (an instruction, a dataset preview, an output path);
 the agent writes and runs Python — through execute_bash (`python program.py`, the long
 calls: model fitting, data processing) and execute_ipython_cell — edits files with
@@ -21,7 +21,8 @@ from __future__ import annotations
 from thundersim.traces.schema import ProgramSpec
 
 from . import openhands as oh
-from .openhands import CodeActProfile, Lognormal, LognormalMixture, Tool
+from .codeact import CodeActProfile, Tool, codeact_generate
+from .distributions import Lognormal, LognormalMixture
 
 WORKLOAD = "science"
 N_TASKS = 102  # provenance: spec — WORKLOADS / PAPER: ScienceAgentBench has 102 tasks
@@ -149,4 +150,4 @@ def generate(n_programs: int, seed: int) -> list[ProgramSpec]:
 
     The suite has 102 tasks; more programs are simply more draws from the same distributions.
     """
-    return oh.codeact_generate(PROFILE, n_programs, seed, ARRIVALS_PER_MIN)
+    return codeact_generate(PROFILE, n_programs, seed, ARRIVALS_PER_MIN)

@@ -24,6 +24,8 @@ import numpy as np
 from thundersim.traces.loader import dump_trace
 from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec
 
+from .distributions import poisson_arrivals, seconds
+
 WORKLOAD = "swe"
 
 # z-scores of the standard normal, used to turn published quantiles into lognormal sigmas.
@@ -124,8 +126,6 @@ EDITOR_FRACTION = 0.10
 # ASSUMPTION: the final "submit" is a `git diff` in the sandbox, well under a second.
 SUBMIT_S_MEDIAN = 0.5  # provenance: estimate — a `git diff` in the sandbox, well under a second
 SUBMIT_S_SIGMA = 0.5  # provenance: estimate — spread of the submit action
-# provenance: definition — the trace's resolution (ms); no tool call takes zero time
-TOOL_S_MIN = 0.001
 
 # --- sandbox environment ---
 # WORKLOADS / PAPER: environment preparation 29.9 s at 24 parallel workflows (the growth with
@@ -152,24 +152,14 @@ _ARRIVAL_STREAM = 0  # provenance: definition — a random-stream label
 _PROGRAM_STREAM = 1  # provenance: definition — a random-stream label
 
 
+# Draws by (median, sigma), the median scaled inside the log (distributions.py explains why
+# these are not its Lognormal / draw_tokens).
 def _lognormal(rng: np.random.Generator, median: float, sigma: float) -> float:
     return float(rng.lognormal(math.log(median), sigma))
 
 
 def _tokens(rng: np.random.Generator, median: float, sigma: float, cap: int) -> int:
     return max(1, min(cap, round(_lognormal(rng, median, sigma))))
-
-
-def _seconds(x: float) -> float:
-    # Round at generation so that dump -> load gives back an equal ProgramSpec.
-    return round(max(TOOL_S_MIN, min(TOOL_S_MAX, x)), 3)
-
-
-def _arrivals(n_programs: int, seed: int) -> list[float]:
-    rng = np.random.default_rng([seed, _ARRIVAL_STREAM])
-    gaps = rng.exponential(60.0 / ARRIVALS_PER_MIN, size=n_programs)
-    gaps[0] = 0.0  # the first program arrives at t = 0
-    return [round(float(t), 3) for t in np.cumsum(gaps)]
 
 
 def _program(index: int, arrival_s: float, seed: int) -> ProgramSpec:
@@ -193,14 +183,14 @@ def _program(index: int, arrival_s: float, seed: int) -> ProgramSpec:
             tool, tool_s = "editor", _lognormal(rng, EDITOR_S_MEDIAN, EDITOR_S_SIGMA)
         else:
             tool, tool_s = "bash", _lognormal(rng, BASH_S_MEDIAN, BASH_S_SIGMA)
-        steps.append(StepSpec(new, out, tool, _seconds(tool_s)))
+        steps.append(StepSpec(new, out, tool, seconds(tool_s, TOOL_S_MAX)))
     # The last call's action is the submission, whatever tool it would otherwise have used.
     last = steps[-1]
     steps[-1] = StepSpec(
         last.input_tokens,
         last.output_tokens,
         "submit",
-        _seconds(_lognormal(rng, SUBMIT_S_MEDIAN, SUBMIT_S_SIGMA)),
+        seconds(_lognormal(rng, SUBMIT_S_MEDIAN, SUBMIT_S_SIGMA), TOOL_S_MAX),
     )
 
     env = EnvSpec(
@@ -223,7 +213,7 @@ def generate(n_programs: int, seed: int) -> list[ProgramSpec]:
     """`n_programs` mini-SWE-agent-like programs, deterministic in `seed`."""
     if n_programs < 1:
         raise ValueError(f"n_programs must be at least 1, got {n_programs}")
-    arrivals = _arrivals(n_programs, seed)
+    arrivals = poisson_arrivals(n_programs, seed, ARRIVALS_PER_MIN, _ARRIVAL_STREAM)
     return [_program(i, arrivals[i], seed) for i in range(n_programs)]
 
 

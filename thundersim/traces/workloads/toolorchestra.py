@@ -31,7 +31,7 @@ import numpy as np
 
 from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec
 
-from .openhands import Lognormal, LognormalMixture, draw_tokens, poisson_arrivals, seconds
+from .distributions import Lognormal, LognormalMixture, draw_tokens, poisson_arrivals, seconds
 
 WORKLOAD = "toolorchestra"
 
