@@ -25,13 +25,13 @@ SK = ("prefix", "x")
 class Running:
     """A request the test has started: what it holds, as the engine would track it."""
 
-    pkey: object
-    skey: object
-    n_shared: int
+    chain_key: object
+    prefix_key: object
+    prefix_blocks: int
     num_tokens: int
     look: Lookup
-    held: int
-    shared_ref: int
+    num_blocks: int
+    shared_blocks: int
 
     @property
     def hit_tokens(self) -> int:
@@ -48,13 +48,13 @@ def check(pool: BlockPool, running=()) -> None:
         assert n > 0 and pool.resident.get(key) == n, key
     for key, n in pool.resident.items():
         assert n >= 0, key
-    held = sum(r.held - r.shared_ref for r in running)
+    private = sum(r.num_blocks - r.shared_blocks for r in running)
     shared = sum(pool.resident.get(k, 0) for k, refs in pool.refs.items() if refs > 0)
-    assert pool.used == held + shared
+    assert pool.used == private + shared
     refs: dict = {}
     for r in running:
-        if r.shared_ref:
-            refs[r.skey] = refs.get(r.skey, 0) + 1
+        if r.shared_blocks:
+            refs[r.prefix_key] = refs.get(r.prefix_key, 0) + 1
     assert {k: n for k, n in pool.refs.items() if n} == refs
 
 
@@ -69,19 +69,21 @@ def snapshot(pool: BlockPool) -> tuple:
     )
 
 
-def admit(pool, pkey, num_tokens, n_shared=0, skey=SK, running=None) -> Running | None:
+def admit(
+    pool, chain_key, num_tokens, prefix_blocks=0, prefix_key=SK, running=None
+) -> Running | None:
     """What the engine does to start a request whose whole prompt fits: look up the cached
     prefix, take the hit blocks, allocate the rest. None (and nothing changed) when short."""
     before = snapshot(pool)
-    look = pool.lookup(skey, n_shared, pkey, num_tokens)
+    look = pool.lookup(prefix_key, prefix_blocks, chain_key, num_tokens)
     assert snapshot(pool) == before, "lookup is a check: it changes nothing"
     need = max(0, math.ceil(num_tokens / B) - look.shared_hit - look.own_resident)
     if need > look.free_after:
         return None
-    held = pool.acquire(skey, pkey, look) + need
+    num_blocks = pool.acquire(prefix_key, chain_key, look) + need
     assert pool.free == look.free_after
     assert pool.allocate(need)
-    r = Running(pkey, skey, n_shared, num_tokens, look, held, look.shared_hit)
+    r = Running(chain_key, prefix_key, prefix_blocks, num_tokens, look, num_blocks, look.shared_hit)
     if running is not None:
         running.append(r)
     return r
@@ -90,7 +92,9 @@ def admit(pool, pkey, num_tokens, n_shared=0, skey=SK, running=None) -> Running 
 def release(pool, r: Running, computed: int | None = None, running=None) -> None:
     """The request ends (finished or preempted) with `computed` tokens of KV."""
     computed = r.num_tokens if computed is None else computed
-    pool.release(r.skey, r.n_shared, r.shared_ref, r.pkey, r.held, computed)
+    pool.release(
+        r.prefix_key, r.prefix_blocks, r.shared_blocks, r.chain_key, r.num_blocks, computed
+    )
     if running is not None:
         running.remove(r)
 
@@ -167,7 +171,7 @@ def test_release_keeps_full_blocks_cached_and_empties_the_partial_block():
     """10 computed tokens in blocks of 4: two full blocks stay cached, the third is emptied."""
     pool = BlockPool(10, B)
     r = admit(pool, "p", 10)
-    assert r.held == 3
+    assert r.num_blocks == 3
     check(pool, [r])
     release(pool, r)
     check(pool)
@@ -198,7 +202,7 @@ def test_program_chain_after_a_shared_prefix_hits_prefix_then_own_blocks():
     """With a 2-block shared prefix, a program that computed 18 tokens (4 full blocks) hits the
     2 prefix blocks and its 2 own blocks on its next call."""
     pool = BlockPool(20, B)
-    r = admit(pool, "p", 18, n_shared=2)
+    r = admit(pool, "p", 18, prefix_blocks=2)
     release(pool, r)
     check(pool)
     look = pool.lookup(SK, 2, "p", 30)
@@ -210,7 +214,7 @@ def test_hit_is_capped_to_leave_at_least_one_token_to_compute():
     """Hits never exceed (num_tokens - 1) // block_size blocks, shared blocks counted first;
     the program's resident blocks are still reported (they are taken along)."""
     pool = BlockPool(20, B)
-    release(pool, admit(pool, "p", 18, n_shared=2))  # 2 shared + 2 own full blocks cached
+    release(pool, admit(pool, "p", 18, prefix_blocks=2))  # 2 shared + 2 own full blocks cached
     for num_tokens in range(1, 30):
         look = pool.lookup(SK, 2, "p", num_tokens)
         cap = (num_tokens - 1) // B
@@ -225,20 +229,20 @@ def test_hit_is_capped_to_leave_at_least_one_token_to_compute():
 # ---- shared prefix -----------------------------------------------------------------------
 
 
-def shared_chain(pool, n_shared=3, running=None) -> None:
+def shared_chain(pool, prefix_blocks=3, running=None) -> None:
     """Put the shared chain in the cache: a first program computes and donates it."""
-    r = admit(pool, "donor", n_shared * B + 2, n_shared=n_shared)
+    r = admit(pool, "donor", prefix_blocks * B + 2, prefix_blocks=prefix_blocks)
     release(pool, r)
     check(pool, running or [])
-    assert pool.resident[SK] == n_shared
+    assert pool.resident[SK] == prefix_blocks
 
 
 def test_request_that_computed_the_shared_prefix_donates_it_on_release():
-    """A request that found no shared prefix (shared_ref 0) computes it itself; releasing it
+    """A request that found no shared prefix (shared_blocks 0) computes it itself; releasing it
     extends the shared chain, which the next program then hits."""
     pool = BlockPool(20, B)
-    r = admit(pool, "a", 14, n_shared=3)
-    assert r.shared_ref == 0 and r.held == 4
+    r = admit(pool, "a", 14, prefix_blocks=3)
+    assert r.shared_blocks == 0 and r.num_blocks == 4
     release(pool, r)
     check(pool)
     assert pool.resident[SK] == 3 and pool.lru[SK] == 3
@@ -250,12 +254,12 @@ def test_partial_shared_prefix_is_donated_and_extended_later():
     """A request preempted inside the shared prompt donates the full blocks it had; a later
     request that hits them and computes the rest extends the chain to its full length."""
     pool = BlockPool(20, B)
-    a = admit(pool, "a", 30, n_shared=3)
+    a = admit(pool, "a", 30, prefix_blocks=3)
     release(pool, a, computed=6)  # one full block of the prefix
     check(pool)
     assert pool.resident[SK] == 1 and pool.resident["a"] == 0
-    b = admit(pool, "b", 20, n_shared=3)
-    assert b.look.broken and b.shared_ref == 1
+    b = admit(pool, "b", 20, prefix_blocks=3)
+    assert b.look.broken and b.shared_blocks == 1
     running = [b]
     check(pool, running)
     release(pool, b, running=running)
@@ -269,9 +273,9 @@ def test_duplicate_shared_prefix_computed_twice_is_not_double_counted():
     release donates it, the second's copies are emptied."""
     pool = BlockPool(20, B)
     running: list = []
-    a = admit(pool, "a", 14, n_shared=3, running=running)
-    b = admit(pool, "b", 14, n_shared=3, running=running)
-    assert a.shared_ref == b.shared_ref == 0
+    a = admit(pool, "a", 14, prefix_blocks=3, running=running)
+    b = admit(pool, "b", 14, prefix_blocks=3, running=running)
+    assert a.shared_blocks == b.shared_blocks == 0
     release(pool, a, running=running)
     check(pool, running)
     release(pool, b, running=running)
@@ -287,9 +291,9 @@ def test_shared_prefix_is_reference_counted():
     pool = BlockPool(30, B)
     shared_chain(pool)
     running: list = []
-    a = admit(pool, "a", 20, n_shared=3, running=running)
-    b = admit(pool, "b", 24, n_shared=3, running=running)
-    assert a.shared_ref == b.shared_ref == 3
+    a = admit(pool, "a", 20, prefix_blocks=3, running=running)
+    b = admit(pool, "b", 24, prefix_blocks=3, running=running)
+    assert a.shared_blocks == b.shared_blocks == 3
     assert pool.refs[SK] == 2 and SK not in pool.lru
     check(pool, running)
     release(pool, a, running=running)
@@ -306,13 +310,13 @@ def test_shared_prefix_cannot_be_evicted_while_referenced():
     pool = BlockPool(10, B)
     running: list = []
     shared_chain(pool)  # SK (3 blocks) cached
-    a = admit(pool, "a", 14, n_shared=3, running=running)  # refs SK, 1 own block
+    a = admit(pool, "a", 14, prefix_blocks=3, running=running)  # refs SK, 1 own block
     check(pool, running)
     free = pool.free
     assert pool.allocate(free)
     running.append(_holder(free))
     check(pool, running)
-    assert pool.resident[SK] == 3 and a.held == 4
+    assert pool.resident[SK] == 3 and a.num_blocks == 4
     before = snapshot(pool)
     assert not pool.allocate(1)
     assert snapshot(pool) == before
@@ -342,7 +346,7 @@ def test_within_one_release_the_programs_blocks_go_before_the_shared_prefix():
     the program's chain (tail first) before touching the shared one."""
     pool = BlockPool(12, B)
     shared_chain(pool)  # SK: 3 blocks
-    a = admit(pool, "a", 24, n_shared=3)  # 3 own blocks
+    a = admit(pool, "a", 24, prefix_blocks=3)  # 3 own blocks
     release(pool, a)
     check(pool)
     assert list(pool.lru) == ["a", SK]
@@ -364,8 +368,8 @@ def test_earlier_released_shared_users_are_evicted_before_later_ones_and_the_pre
     pool = BlockPool(16, B)
     shared_chain(pool)
     running: list = []
-    p1 = admit(pool, "p1", 20, n_shared=3, running=running)  # 2 own blocks
-    p2 = admit(pool, "p2", 20, n_shared=3, running=running)
+    p1 = admit(pool, "p1", 20, prefix_blocks=3, running=running)  # 2 own blocks
+    p2 = admit(pool, "p2", 20, prefix_blocks=3, running=running)
     release(pool, p1, running=running)
     release(pool, p2, running=running)
     check(pool)
@@ -402,8 +406,8 @@ def broken_setup():
     after it) are still cached: p1's blocks are unreachable."""
     pool = BlockPool(14, B)
     running: list = []
-    p0 = admit(pool, "p0", 16, n_shared=3, running=running)  # neither finds the prefix
-    p1 = admit(pool, "p1", 24, n_shared=3, running=running)
+    p0 = admit(pool, "p0", 16, prefix_blocks=3, running=running)  # neither finds the prefix
+    p1 = admit(pool, "p1", 24, prefix_blocks=3, running=running)
     release(pool, p0, running=running)  # donates the prefix: queue [p0, SK]
     release(pool, p1, running=running)  # its copies are duplicates: queue [p0, SK, p1]
     check(pool)
@@ -437,15 +441,15 @@ def test_acquire_on_a_broken_chain_empties_the_programs_unreachable_cached_block
     free_before = pool.free
     look = pool.lookup(SK, 3, "p1", 30)
     assert look.free_after == free_before - 2  # the 2 shared blocks it will hit leave the queue
-    held = pool.acquire(SK, "p1", look)
-    assert held == 2
+    num_blocks = pool.acquire(SK, "p1", look)
+    assert num_blocks == 2
     assert pool.resident["p1"] == 0 and "p1" not in pool.lru
     assert pool.free == look.free_after
-    r = Running("p1", SK, 3, 30, look, held, look.shared_hit)
+    r = Running("p1", SK, 3, 30, look, num_blocks, look.shared_hit)
     check(pool, [r])
-    need = math.ceil(30 / B) - held
+    need = math.ceil(30 / B) - num_blocks
     assert pool.allocate(need)
-    r.held += need
+    r.num_blocks += need
     check(pool, [r])
     release(pool, r)  # recomputed the missing shared block: it repairs the chain
     check(pool)
@@ -472,7 +476,7 @@ class PoolMachine(RuleBasedStateMachine):
         self.known = dict.fromkeys((*PROGRAMS, LONER), 0)  # most tokens ever computed
         self.live: dict[str, Running] = {}
 
-    def n_shared(self, p):
+    def prefix_blocks(self, p):
         return 0 if p == LONER else N_SHARED
 
     @rule(p=st.sampled_from((*PROGRAMS, LONER)), grow=st.integers(1, 30))
@@ -480,20 +484,20 @@ class PoolMachine(RuleBasedStateMachine):
         if p in self.live:
             return
         num_tokens = self.tokens[p] + grow
-        n_shared = self.n_shared(p)
-        skey = SK if n_shared else None
+        prefix_blocks = self.prefix_blocks(p)
+        prefix_key = SK if prefix_blocks else None
         before = snapshot(self.pool)
-        look = self.pool.lookup(skey, n_shared, p, num_tokens)
+        look = self.pool.lookup(prefix_key, prefix_blocks, p, num_tokens)
         assert look.hit_blocks <= (num_tokens - 1) // B
-        assert look.shared_hit <= n_shared
-        assert look.own_hit <= max(0, self.known[p] // B - n_shared)
+        assert look.shared_hit <= prefix_blocks
+        assert look.own_hit <= max(0, self.known[p] // B - prefix_blocks)
         assert look.own_hit <= look.own_resident
         event(
             f"lookup: broken={look.broken} shared_hit={look.shared_hit > 0} "
             f"own_hit={look.own_hit > 0}"
         )
         evicted = self.pool.evicted
-        r = admit(self.pool, p, num_tokens, n_shared, skey)
+        r = admit(self.pool, p, num_tokens, prefix_blocks, prefix_key)
         if r is None:
             event("admission refused")
             assert snapshot(self.pool) == before
@@ -512,7 +516,7 @@ class PoolMachine(RuleBasedStateMachine):
         release(self.pool, r, computed)
         event(f"release extended the shared chain: {self.pool.resident.get(SK, 0) > shared_before}")
         self.known[p] = max(self.known[p], computed)
-        assert 0 <= self.pool.resident[p] <= max(0, computed // B - r.n_shared)
+        assert 0 <= self.pool.resident[p] <= max(0, computed // B - r.prefix_blocks)
 
     @invariant()
     def conservation(self):
@@ -526,7 +530,7 @@ class PoolMachine(RuleBasedStateMachine):
         assert pool.resident.get(SK, 0) <= max(self.known[p] // B for p in PROGRAMS)
         for p in (*PROGRAMS, LONER):
             res = pool.resident.get(p, 0)
-            assert 0 <= res <= max(0, self.known[p] // B - self.n_shared(p))
+            assert 0 <= res <= max(0, self.known[p] // B - self.prefix_blocks(p))
             if p in self.live:
                 assert p not in pool.lru
             else:  # a finished call's resident blocks are all evictable
@@ -549,9 +553,9 @@ def test_request_that_computed_the_whole_prefix_completes_a_partial_shared_chain
     chain and keeps its own full blocks; its next call hits them."""
     pool = BlockPool(40, B)
     running: list = []
-    a = admit(pool, "A", 30, n_shared=3, running=running)
-    b = admit(pool, "B", 40, n_shared=3, running=running)
-    assert a.shared_ref == b.shared_ref == 0
+    a = admit(pool, "A", 30, prefix_blocks=3, running=running)
+    b = admit(pool, "B", 40, prefix_blocks=3, running=running)
+    assert a.shared_blocks == b.shared_blocks == 0
     release(pool, a, computed=6, running=running)
     check(pool, running)
     assert pool.resident[SK] == 1
@@ -560,3 +564,85 @@ def test_request_that_computed_the_whole_prefix_completes_a_partial_shared_chain
     assert pool.resident[SK] == 3
     assert pool.resident["B"] == 10 - 3
     assert pool.lookup(SK, 3, "B", 60).hit_blocks == 10
+
+
+# ---- the KV cache manager over the pool --------------------------------------------------
+
+
+def engine_request(pid: str, prompt: int, output: int = 4, request_id: int = 1, prefix=0):
+    from thundersim.core.backend import Request
+    from thundersim.sim.request import EngineRequest
+
+    req = Request(pid, 0, prompt, output, "x" if prefix else None, prefix * B, 0.0, 0)
+    return EngineRequest(req, lambda usage: None, request_id, B, 0.0)
+
+
+def test_allocate_slots_gives_a_handle_or_none_and_changes_nothing_when_short():
+    """vLLM's KVCacheManager contract: a waiting request's hit comes from get_computed_blocks
+    (a check), allocate_slots takes the hit and the new blocks or returns None untouched, a
+    running request grows by the blocks its next tokens need, and free caches its full
+    blocks."""
+    from thundersim.sim.kv_cache_manager import KVCacheManager
+
+    kv = KVCacheManager(8, B)
+    a = engine_request("a", 20, request_id=1)
+    hit, hit_tokens = kv.get_computed_blocks(a)
+    assert hit_tokens == 0
+    assert kv.allocate_slots(a, 20, hit) is not None  # 5 blocks
+    a.start_at(hit_tokens)
+    assert (kv.num_blocks(a), kv.num_free_blocks()) == (5, 3)
+    b = engine_request("b", 16, request_id=2)
+    hit, _ = kv.get_computed_blocks(b)
+    before = snapshot(kv.pool)
+    assert kv.num_new_blocks(b, 16, hit) == 4 and kv.allocate_slots(b, 16, hit) is None
+    assert snapshot(kv.pool) == before
+    assert kv.allocate_slots(b, 12, hit) is not None  # a first chunk of 3 blocks fits
+    assert kv.num_free_blocks() == 0
+    b.start_at(0)
+    b.num_scheduled_tokens = 12
+    b.compute_scheduled()
+    assert kv.num_new_blocks(b, 4) == 1 and kv.allocate_slots(b, 4) is None  # pool is full
+    kv.check_invariants([a, b])
+    a.num_scheduled_tokens = 18
+    a.compute_scheduled()
+    kv.free(a)  # 18 computed tokens: 4 full blocks stay cached, the 5th is emptied
+    assert (kv.pool.resident["a"], kv.pool.empty) == (4, 1)
+    assert kv.allocate_slots(b, 4) is not None and kv.num_blocks(b) == 4
+    kv.check_invariants([b])
+    again = engine_request("a", 30, request_id=3)
+    hit, hit_tokens = kv.get_computed_blocks(again)
+    assert hit_tokens == 16  # a's 4 cached blocks: b's growth took the empty block first
+    with pytest.raises(AssertionError, match="handles"):
+        kv.check_invariants([])  # b still holds blocks: a handle without a running request
+
+
+def test_a_decoding_request_holds_what_its_tokens_fill_and_settles_it_when_it_stops():
+    """The decode group grows its members' blocks in bulk: meanwhile a member's count is
+    derived from its computed tokens, and written back to its handle when it leaves."""
+    from thundersim.sim.decoding import DecodeGroup
+    from thundersim.sim.kv_cache_manager import KVCacheManager
+
+    kv, group = KVCacheManager(16, B), DecodeGroup(B)
+    r = engine_request("r", 10, output=9)
+    hit, _ = kv.get_computed_blocks(r)
+    kv.allocate_slots(r, 10, hit)
+    r.start_at(0)
+    r.num_scheduled_tokens = 10
+    r.compute_scheduled()
+    r.append_output_token()
+    group.add(r)  # 10 computed of 11 tokens, 3 blocks (the third has 2 free slots)
+    assert (r.num_computed_tokens, r.num_tokens, r.num_output_tokens) == (10, 11, 1)
+    assert [group.new_blocks(k) for k in (1, 2, 3, 6, 7)] == [0, 0, 1, 1, 2]
+    assert kv.allocate_decode_slots(group.new_blocks(5))
+    group.iteration += 5
+    assert (r.num_computed_tokens, r.num_tokens, kv.num_blocks(r)) == (15, 16, 4)
+    assert group.context_tokens() == 15 and group.pop_finished() == []
+    kv.check_invariants([r])
+    assert kv.allocate_decode_slots(group.new_blocks(3))
+    group.iteration += 3  # 18 computed: its 9th output token is the last
+    kv.check_invariants([r])
+    assert group.pop_finished() == [r]
+    group.remove(r)
+    kv.settle_decode(r)
+    assert not r.is_decoding and (r.num_output_tokens, kv.num_blocks(r)) == (9, 5)
+    assert group.count == 0 and group.context_tokens() == 0

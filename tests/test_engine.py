@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
+import pytest
 import simpy
 
-from thundersim.core.backend import Request
+from thundersim.core.backend import Backend, KVIntrospection, KVSnapshot, Request
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.engine import SimBackend
 from thundersim.sim.latency import LatencyModel, LatencyProfile, roofline_profile
@@ -48,12 +50,12 @@ def test_single_request_runs_chunked_prefill_then_one_token_per_iteration():
     env.run(until=10)
     u = done["usage"]
     assert u.output_tokens == 10 and u.cached_tokens == 0 and u.preemptions == 0
-    assert eng.iterations == 2 + 9
+    assert eng.stats().extra["iterations"] == 2 + 9
     prefill = (1e-3 + 512e-6) + (1e-3 + 488e-6)
     assert math.isclose(u.first_token_time, prefill, rel_tol=1e-9)
     assert math.isclose(u.finish_time, prefill + 9 * (1e-3 + 1e-6), rel_tol=1e-9)
-    assert eng.pool.used == 0  # nothing referenced once done
-    assert eng.pool.cached_free == 1009 // 16  # full blocks stay cached
+    assert eng.kv.pool.used == 0  # nothing referenced once done
+    assert eng.kv.pool.cached_free == 1009 // 16  # full blocks stay cached
 
 
 def test_shared_prefix_hits_across_programs_and_own_context_hits_next_call():
@@ -81,9 +83,9 @@ def test_lru_eviction_reclaims_the_least_recently_released_program_first():
     # 60 blocks cached of 64; a 320-token request needs 20: evicts 'old' (tail first)
     submit(env, eng, "third", 320, 1)
     env.run(until=3)
-    assert eng.pool.resident["new"] == 30
-    assert eng.pool.resident["old"] < 30
-    look = eng.pool.lookup(None, 0, "new", 500)
+    assert eng.kv.pool.resident["new"] == 30
+    assert eng.kv.pool.resident["old"] < 30
+    look = eng.kv.pool.lookup(None, 0, "new", 500)
     assert look.own_hit == 30
 
 
@@ -95,9 +97,10 @@ def test_preemption_by_recompute_when_blocks_run_out():
     b = submit(env, eng, "b", 200, 150)
     env.run(until=60)
     assert a["usage"].output_tokens == 150 and b["usage"].output_tokens == 150
-    assert eng.preemptions >= 1
+    stats = eng.stats()
+    assert stats.preemptions >= 1
     assert b["usage"].preemptions >= 1 and a["usage"].preemptions == 0  # latest admitted goes
-    assert eng.recompute_tokens > 0
+    assert stats.recompute_tokens > 0
 
 
 def test_request_larger_than_the_pool_is_refused_up_front():
@@ -155,21 +158,19 @@ def test_a_pin_expires_even_after_the_program_moved_to_a_new_chain():
     submit(env, eng, "a", 480, 1)
     env.run(until=1)
     eng.pin("a", ttl_s=5.0)
-    assert eng.pool.pinned_total == 30
+    assert eng.kv.pool.pinned_total == 30
     req = Request("a", 1, 200, 1, None, 0, env.now, 0, chain_id="a\x001")
     eng.submit(req, lambda u: None)  # the reset call: a different chain, leaves the pin alone
     env.run(until=3)
-    assert eng.pool.pinned_total == 30
+    assert eng.kv.pool.pinned_total == 30
     env.run(until=7)
-    assert eng.pool.pinned_total == 0
-    assert eng.pool.resident["a"] == 30  # back in the cache, evictable again
+    assert eng.kv.pool.pinned_total == 0
+    assert eng.kv.pool.resident["a"] == 30  # back in the cache, evictable again
 
 
 def test_a_queue_blocked_for_good_is_reported_not_simulated_forever():
     """An engine with calls queued and nothing running for minutes of simulated time is a
     deadlock the run reports (here: every block pinned by a policy that pins forever)."""
-    import pytest
-
     from thundersim.core.policy import Pin, Policy, Restore
     from thundersim.sim.catalog import make_setup
     from thundersim.sim.simulate import RunConfig, simulate
@@ -187,3 +188,138 @@ def test_a_queue_blocked_for_good_is_reported_not_simulated_forever():
     config = RunConfig(setup=make_setup(kv_capacity_override=2000), concurrency=4)
     with pytest.raises(RuntimeError, match="deadlocked"):
         simulate(programs, PinForever(), config)
+
+
+# ---- the Backend and KVIntrospection protocols -----------------------------------------------
+
+
+def test_simbackend_has_every_member_of_the_backend_protocol():
+    """Attributes, methods and async lifecycle of core.backend.Backend; the model name is the
+    one the constructor is given ("" without one); connect/refresh/close do nothing."""
+    members = {n for n in dir(Backend) if not n.startswith("_")} | set(Backend.__annotations__)
+    env, eng = make_engine(model="m-7b")
+    missing = [n for n in sorted(members) if not hasattr(eng, n)]
+    assert not missing, missing
+    assert eng.model == "m-7b" and make_engine()[1].model == ""
+    before = eng.stats()
+    for call in (eng.connect, eng.refresh, eng.close):
+        assert asyncio.run(call()) is None
+    assert eng.stats() == before
+    assert isinstance(eng, KVIntrospection)
+
+
+def test_submit_takes_a_failure_callback_that_a_simulated_replica_never_calls():
+    """The third argument of Backend.submit: accepted, and every call still ends in on_done
+    (also with the old two-argument form)."""
+    env, eng = make_engine(capacity=640, budget=1024)
+    done, failed = [], []
+    for pid in ("a", "b"):  # too long to decode side by side: one is preempted
+        req = Request(pid, 0, 200, 150, None, 0, env.now, 0)
+        eng.submit(req, done.append, lambda r, exc: failed.append((r, exc)))
+    eng.submit(Request("c", 0, 50, 5, None, 0, env.now, 0), done.append)
+    env.run(until=60)
+    assert len(done) == 3 and not failed
+    assert eng.stats().preemptions >= 1
+
+
+def recorder_view(eng, is_acting) -> KVSnapshot:
+    """What the Recorder computed from the engine's internals before KVSnapshot existed
+    (metrics/recorder.py, Recorder.sample: the block categories, the pool's counts, the
+    queues), read from the engine's parts, as a snapshot: blocks x block size."""
+    B = eng.kv.block_size
+    kv = eng.kv.breakdown(eng.scheduler.prefilling.values(), is_acting)
+    queued = min((s.num_tokens for s in eng.scheduler.waiting), default=math.nan)
+    return KVSnapshot(
+        used_tokens=eng.kv.pool.used * B,
+        cached_tokens=eng.kv.pool.cached_free * B,
+        running=len(eng.scheduler.running),
+        waiting=len(eng.scheduler.waiting),
+        decode=kv["decode"] * B,
+        prefill=kv["prefill"] * B,
+        recompute=kv["recompute"] * B,
+        cached_acting=kv["cached_acting"] * B,
+        cached_other=kv["cached_other"] * B,
+        empty=kv["empty"] * B,
+        waiting_for_memory=eng.scheduler.waiting_for_memory(),
+        min_queued_tokens=queued,
+    )
+
+
+def same_snapshot(a: KVSnapshot, b: KVSnapshot) -> bool:
+    nan = math.isnan(a.min_queued_tokens) and math.isnan(b.min_queued_tokens)
+    fields = {k: v for k, v in a.__class__.__dataclass_fields__.items() if k != "min_queued_tokens"}
+    same = all(getattr(a, k) == getattr(b, k) for k in fields)
+    return same and (nan or a.min_queued_tokens == b.min_queued_tokens)
+
+
+def test_kv_snapshot_is_what_the_recorder_read_from_the_engine_in_tokens():
+    """Sampled through a run with a shared prompt, prefill, recompute after preemption, a
+    queue blocked on memory and cached KV of 'acting' programs: kv_snapshot equals the values
+    the Recorder derived from kv_breakdown, the pool and the queues, and the categories add up
+    to the capacity."""
+    env, eng = make_engine(capacity=1024, budget=256)
+    for i in range(6):
+        submit(env, eng, f"p{i}", 300 + 40 * i, 60, prefix="sys", prefix_tokens=128, known=200)
+    acting = lambda key: key in ("p0", "p2")  # noqa: E731
+    seen = {"blocked": 0, "queued": 0, "recompute": 0, "acting": 0}
+    t = 0.0
+    while eng.scheduler.running or eng.scheduler.waiting:
+        t += 0.003
+        env.run(until=t)
+        snap = eng.kv_snapshot(acting)
+        assert same_snapshot(snap, recorder_view(eng, acting)), t
+        cats = (snap.decode, snap.prefill, snap.recompute, snap.cached_acting)
+        assert sum(cats) + snap.cached_other + snap.empty == eng.capacity_tokens
+        seen["blocked"] += snap.waiting_for_memory
+        seen["queued"] += snap.waiting > 0
+        seen["recompute"] += snap.recompute > 0
+        seen["acting"] += snap.cached_acting > 0
+    assert all(seen.values()), seen
+    assert math.isnan(eng.kv_snapshot(acting).min_queued_tokens)
+
+
+# ---- one model of progress -------------------------------------------------------------------
+
+
+def test_progress_is_computed_of_total_tokens_and_skip_ahead_is_invisible_in_it():
+    """At every finish (the events a skipped run ends at), each running request's computed
+    and total tokens are the same with and without skip-ahead; a decoding request has
+    computed all of its tokens but the newest."""
+
+    def progress_at_finishes(skip_ahead):
+        env, eng = make_engine(capacity=8192, budget=512, skip_ahead=skip_ahead)
+        log = []
+
+        def on_done(usage, pid):
+            state = sorted(
+                (s.request.program_id, s.num_computed_tokens, s.num_tokens, s.is_decoding)
+                for s in eng.scheduler.running.values()
+            )
+            log.append((pid, usage.output_tokens, state))
+
+        for i, (prompt, output) in enumerate([(700, 40), (300, 90), (1200, 25), (64, 130)]):
+            req = Request(f"p{i}", 0, prompt, output, None, 0, 0.0, 0)
+            eng.submit(req, lambda u, pid=f"p{i}": on_done(u, pid))
+        env.run(until=10)
+        return log
+
+    fast, slow = progress_at_finishes(True), progress_at_finishes(False)
+    assert fast == slow and len(fast) == 4
+    for _, _, state in fast:
+        for _, computed, total, decoding in state:
+            assert computed <= total and (not decoding or total == computed + 1)
+
+
+def test_a_preempted_request_keeps_its_output_and_recomputes_it():
+    """Preemption drops the KV, not the progress of the output: the request comes back with
+    num_tokens = prompt + output so far, computed 0, and finishes with every output token."""
+    env, eng = make_engine(capacity=640, budget=1024)
+    a = submit(env, eng, "a", 200, 150)
+    b = submit(env, eng, "b", 200, 150)
+    while not eng.stats().preemptions:
+        env.step()
+    (victim,) = eng.scheduler.waiting
+    assert victim.request.program_id == "b" and victim.num_computed_tokens == 0
+    assert victim.num_tokens == 200 + victim.num_output_tokens and victim.num_output_tokens > 0
+    env.run(until=60)
+    assert a["usage"].output_tokens == b["usage"].output_tokens == 150

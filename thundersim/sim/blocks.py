@@ -1,4 +1,5 @@
-"""Paged KV blocks with a prefix cache, as vLLM's BlockPool/KVCacheManager keep them.
+"""The block pool: paged KV blocks with a prefix cache, as vLLM's BlockPool keeps them
+(vllm/v1/core/block_pool.py); thundersim.sim.kv_cache_manager tracks which request holds which.
 
 Facts of vLLM v1 this model keeps:
 - KV lives in fixed-size blocks; only full blocks are hashed and reusable.
@@ -12,9 +13,10 @@ What makes this fast: a token's identity is (shared prefix id, program id, posit
 program has one call at a time. So every chain's resident blocks are always a *prefix* of the
 chain, the free queue holds at most one run per chain, and the whole cache is a handful of
 counters per program instead of a map of block hashes. Two kinds of chain:
-- the shared system prompt (key ("prefix", id)), `prefix_tokens // block_size` full blocks,
-  referenced by many requests at once (a reference count);
-- each program's own blocks after it (key = program id), referenced by its one running call.
+- the shared system prompt (its `prefix_key`: ("prefix", id)), `prefix_tokens // block_size`
+  full blocks, referenced by many requests at once (a reference count);
+- each program's own blocks after it (its `chain_key`: the program id, with an epoch after a
+  context reset), referenced by its one running call.
 
 Where vLLM takes never-used and cached-free blocks strictly in free-queue order, this pool
 takes empty blocks first; the difference is at most one partial block per finished request.
@@ -68,7 +70,7 @@ class BlockPool:
         self.resident: dict = {}  # chain key -> resident blocks (referenced or cached)
         self.refs: dict = {}  # shared chain key -> running requests referencing it
         self.evicted = 0  # blocks evicted from the cache over the run
-        self.pinned: dict = {}  # chain key -> cached blocks held out of the free queue (TTL pins)
+        self.pinned: dict = {}  # chain key -> cached blocks kept out of the free queue (TTL pins)
         self.pinned_total = 0
 
     @property
@@ -110,41 +112,42 @@ class BlockPool:
         return count
 
     # ---- lookup / acquire -----------------------------------------------------------------
-    def lookup(self, skey, n_shared: int, pkey, num_tokens: int) -> Lookup:
+    def lookup(self, prefix_key, prefix_blocks: int, chain_key, num_tokens: int) -> Lookup:
         """Longest cached prefix for a sequence of `num_tokens` tokens whose first
-        `n_shared` blocks are the shared chain `skey` and the rest the program chain `pkey`.
-        At least one token is always left to compute (vLLM caps hits at num_tokens - 1)."""
+        `prefix_blocks` blocks are the shared chain `prefix_key` and the rest the program chain
+        `chain_key`. At least one token is always left to compute (vLLM caps hits at
+        num_tokens - 1)."""
         B = self.block_size
-        shared_res = min(self.resident.get(skey, 0), n_shared) if n_shared else 0
-        broken = shared_res < n_shared
-        own_res = 0 if broken else self.resident.get(pkey, 0)
+        shared_res = min(self.resident.get(prefix_key, 0), prefix_blocks) if prefix_blocks else 0
+        broken = shared_res < prefix_blocks
+        own_res = 0 if broken else self.resident.get(chain_key, 0)
         max_hit = (num_tokens - 1) // B
         shared_hit = min(shared_res, max_hit)
         own_hit = min(own_res, max_hit - shared_hit)
         in_queue = 0
-        if shared_hit and self.refs.get(skey, 0) == 0:
-            in_queue += self.lru.get(skey, 0)
+        if shared_hit and self.refs.get(prefix_key, 0) == 0:
+            in_queue += self.lru.get(prefix_key, 0)
         if own_res:
-            in_queue += self.lru.get(pkey, 0)
+            in_queue += self.lru.get(chain_key, 0)
         return Lookup(shared_hit, own_hit, own_res, broken, self.free - in_queue)
 
-    def acquire(self, skey, pkey, look: Lookup) -> int:
+    def acquire(self, prefix_key, chain_key, look: Lookup) -> int:
         """Take the hit blocks out of the free queue for a starting request. Returns the number
         of blocks the request now holds."""
-        if look.broken and (pkey in self.lru or pkey in self.pinned):
+        if look.broken and (chain_key in self.lru or chain_key in self.pinned):
             # Its blocks sit behind a missing shared block: no lookup can reach them again.
-            self.empty += self._take_cached(pkey)
-            self.resident[pkey] = 0
-        held = 0
+            self.empty += self._take_cached(chain_key)
+            self.resident[chain_key] = 0
+        taken = 0
         if look.shared_hit:
-            if self.refs.get(skey, 0) == 0:
-                self.cached_free -= self.lru.pop(skey)
-            self.refs[skey] = self.refs.get(skey, 0) + 1
-            held += look.shared_hit
+            if self.refs.get(prefix_key, 0) == 0:
+                self.cached_free -= self.lru.pop(prefix_key)
+            self.refs[prefix_key] = self.refs.get(prefix_key, 0) + 1
+            taken += look.shared_hit
         if look.own_resident:
-            self._take_cached(pkey)
-            held += look.own_resident
-        return held
+            self._take_cached(chain_key)
+            taken += look.own_resident
+        return taken
 
     # ---- allocate / release ----------------------------------------------------------------
     def allocate(self, n: int) -> bool:
@@ -172,40 +175,49 @@ class BlockPool:
                 rest -= t
         return True
 
-    def release(self, skey, n_shared: int, shared_ref: int, pkey, held: int, computed: int) -> None:
-        """A request ends (finished or preempted) holding `held` blocks, `shared_ref` of them
-        through the shared chain, with `computed` tokens of KV. Full blocks stay cached
-        (program blocks first in the queue, so they are evicted before the shared prompt);
-        the partial last block is emptied."""
+    def release(
+        self,
+        prefix_key,
+        prefix_blocks: int,
+        shared_blocks: int,
+        chain_key,
+        num_blocks: int,
+        computed: int,
+    ) -> None:
+        """A request ends (finished or preempted) holding `num_blocks` blocks, `shared_blocks`
+        of them through a reference to the shared chain `prefix_key` (whose full length is
+        `prefix_blocks`), with `computed` tokens of KV. Full blocks stay cached (program blocks
+        first in the queue, so they are evicted before the shared prompt); the partial last
+        block is emptied."""
         full = computed // self.block_size
-        private = held - shared_ref
+        private = num_blocks - shared_blocks
         donated = 0
-        if n_shared and shared_ref < n_shared:
+        if prefix_blocks and shared_blocks < prefix_blocks:
             # The request computed shared-prompt blocks itself: those past the chain's current
             # end extend it (same content, same hashes); those another request cached
             # meanwhile are duplicates and are emptied below.
-            cur = self.resident.get(skey, 0)
-            upto = min(n_shared, full)
+            cur = self.resident.get(prefix_key, 0)
+            upto = min(prefix_blocks, full)
             if upto > cur:
                 donated = upto - cur
-                self.resident[skey] = upto
-        chain_ok = n_shared == 0 or self.resident.get(skey, 0) >= n_shared
-        own = max(0, full - n_shared) if chain_ok else 0
+                self.resident[prefix_key] = upto
+        chain_ok = prefix_blocks == 0 or self.resident.get(prefix_key, 0) >= prefix_blocks
+        own = max(0, full - prefix_blocks) if chain_ok else 0
         own = min(own, private - donated)
         self.empty += private - donated - own
-        self.resident[pkey] = own
+        self.resident[chain_key] = own
         if own:
-            self.lru[pkey] = own
-            self.lru.move_to_end(pkey)
+            self.lru[chain_key] = own
+            self.lru.move_to_end(chain_key)
             self.cached_free += own
-        if shared_ref:
-            self.refs[skey] -= 1
-            if self.refs[skey] == 0:
-                count = self.resident[skey]
-                self.lru[skey] = count
-                self.lru.move_to_end(skey)
+        if shared_blocks:
+            self.refs[prefix_key] -= 1
+            if self.refs[prefix_key] == 0:
+                count = self.resident[prefix_key]
+                self.lru[prefix_key] = count
+                self.lru.move_to_end(prefix_key)
                 self.cached_free += count
-        elif donated and self.refs.get(skey, 0) == 0:
-            self.lru[skey] = self.resident[skey]
-            self.lru.move_to_end(skey)
+        elif donated and self.refs.get(prefix_key, 0) == 0:
+            self.lru[prefix_key] = self.resident[prefix_key]
+            self.lru.move_to_end(prefix_key)
             self.cached_free += donated
