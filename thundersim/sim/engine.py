@@ -25,7 +25,6 @@ reference the fast path is tested against).
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 import simpy
@@ -82,8 +81,8 @@ def vllm_default_budget(gpu: GPU) -> tuple[int, int]:
 
 class SimBackend:
     """One simulated replica (the Backend and KVIntrospection protocols of
-    thundersim.core.backend). `submit(request, on_done)` queues a call; `on_done(usage)` runs
-    when its last token is generated."""
+    thundersim.core.backend). `submit(request, on_done, on_failure)` queues a call;
+    `on_done(usage)` runs when its last token is generated."""
 
     def __init__(
         self,
@@ -222,33 +221,12 @@ class SimBackend:
             is_acting,
         )
 
-    # ---- read by the Recorder and simulate until they use kv_snapshot and stats ----------
+    # ---- for tests ------------------------------------------------------------------------
     @property
     def pool(self) -> BlockPool:
+        """The block pool (tests/test_policy_lab.py reads its pins; stats() reports them as
+        extra["pinned_tokens"])."""
         return self.kv.pool
-
-    @property
-    def block_size(self) -> int:
-        return self.kv.block_size
-
-    @property
-    def running(self) -> dict[int, EngineRequest]:
-        return self.scheduler.running
-
-    @property
-    def waiting(self) -> deque[EngineRequest]:
-        return self.scheduler.waiting
-
-    @property
-    def iterations(self) -> int:
-        return self.counters.iterations
-
-    def waiting_for_memory(self) -> bool:
-        return self.scheduler.waiting_for_memory()
-
-    def kv_breakdown(self, is_acting: Callable[[str], bool]) -> dict[str, int]:
-        """The pool by STP cost term, in blocks (kv_snapshot gives it in tokens)."""
-        return self.kv.breakdown(self.scheduler.prefilling.values(), is_acting)
 
     def check_invariants(self) -> None:
         """The block invariants (KVCacheManager.check_invariants) over the running requests."""
