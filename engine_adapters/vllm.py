@@ -75,10 +75,6 @@ class VLLMBackend:
         self.timeout_s = timeout_s
         self.retries = retries
         self.poll_s = poll_s
-        # Transitional: the callback for calls submitted without one, set by callers that still
-        # wire it in after construction (live/driver.py, live/serve.py). It goes once the
-        # Cluster passes `on_failure` with every call.
-        self.on_failure: OnFailure | None = None
         self.stream = stream  # stream replayed calls, to observe their first token
         self.alive = True
         self.block_size = 0
@@ -134,15 +130,11 @@ class VLLMBackend:
         self,
         request: Request,
         on_done: Callable[[Usage], None],
-        on_failure: OnFailure | None = None,
+        on_failure: OnFailure,
     ) -> None:
         """Queue the call; exactly one of `on_done(usage)` and `on_failure(request, exc)` runs
-        once it ends. A failed call must never vanish, so submitting it with no failure
-        callback at all (neither here nor the transitional attribute) is refused."""
-        failed = on_failure if on_failure is not None else self.on_failure
-        if failed is None:
-            raise TypeError(f"{self.name}: submit needs an on_failure callback")
-        task = asyncio.get_running_loop().create_task(self._call(request, on_done, failed))
+        once it ends (a call the engine refuses with 4xx is done, with its status)."""
+        task = asyncio.get_running_loop().create_task(self._call(request, on_done, on_failure))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

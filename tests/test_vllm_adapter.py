@@ -92,16 +92,6 @@ def _serve(mode: str):
     return start()
 
 
-def test_a_call_without_a_failure_callback_is_refused_not_left_to_vanish():
-    async def main():
-        backend = VLLMBackend(0, "http://127.0.0.1:1", TokenBook(1000))
-        with pytest.raises(TypeError, match="on_failure"):
-            backend.submit(Request("p", 0, prompt_tokens=20, output_tokens=4), print)
-        return backend
-
-    assert not asyncio.run(main())._tasks  # nothing was sent
-
-
 def test_pins_and_unpins_are_counted_and_ignored_and_stats_carry_the_block_size():
     async def main():
         runner, url = await _serve("no-done")

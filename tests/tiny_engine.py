@@ -30,9 +30,6 @@ class TinyBackend:
         self.model = ""
         self.alive = True
         self.book = book
-        # Transitional, as on VLLMBackend: the live driver still sets it. This engine never
-        # fails a call, so it is never called.
-        self.on_failure: Callable[[Request, Exception], None] | None = None
         self.connected = False
         self.pins = 0
         self.unpins = 0
@@ -48,8 +45,9 @@ class TinyBackend:
         self,
         request: Request,
         on_done: Callable[[Usage], None],
-        on_failure: Callable[[Request, Exception], None] | None = None,
+        on_failure: Callable[[Request, Exception], None],
     ) -> None:
+        """Serve the call after its time; this engine never fails one (no `on_failure`)."""
         loop = asyncio.get_running_loop()
         self.book.prompt(request)  # the ids an HTTP engine would be sent
         cached = min(self._cached.get(request.chain_id, 0), request.prompt_tokens)
