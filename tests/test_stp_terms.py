@@ -199,7 +199,7 @@ def test_stp_bound_on_hand_made_samples():
     backend 1: [0, 2): nothing waits (not an interval); [2, 4): 50 unused for 2 s, a queued
       request of unknown size (a live engine) -> unknown.
     The run ends at 4 s."""
-    rec = Recorder({}, [_Backend(0), _Backend(1)], sample_dt=1.0)
+    rec = Recorder([_Backend(0), _Backend(1)], sample_dt=1.0)
     rec.memory = [
         _row(0.0, 0, 1000, held=1, c_min=600),
         _row(0.0, 1, 500),
@@ -227,7 +227,7 @@ def test_stp_bound_on_hand_made_samples():
 
 def test_stp_bound_splits_a_sample_that_spans_a_tick():
     """A sample at 1.5 s standing for 1 s: half its unused memory belongs to each interval."""
-    rec = Recorder({}, [_Backend(0)], sample_dt=1.0)
+    rec = Recorder([_Backend(0)], sample_dt=1.0)
     rec.memory = [_row(0.5, 0, 0, held=1, c_min=10), _row(1.5, 0, 40, held=1, c_min=10)]
     rec._last_t = 2.5
     got = rec.stp_bound(2.0)
@@ -287,7 +287,7 @@ def test_samples_after_the_end_of_the_run_are_not_in_the_terms():
     """A simulation samples on to the end of its chunk; the run ends with its last program.
     The terms stand for [0, end] only: here decode 16 tokens for 1 s, then unused 8 for 0.5 s,
     and nothing of the idle samples past the end at 1.5 s."""
-    rec = Recorder({}, [_Backend(0)], sample_dt=1.0)
+    rec = Recorder([_Backend(0)], sample_dt=1.0)
     decode = dict.fromkeys(KV_CATEGORIES, 0)
     decode["decode"] = 16
     rec.memory = [
