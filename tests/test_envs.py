@@ -331,7 +331,7 @@ class _InstantBackend(StubBackend):
     """An in-process engine that answers every call after a short wait: the sandboxes are what
     these tests are about."""
 
-    def submit(self, req, on_done):
+    def submit(self, req, on_done, on_failure):
         from thundersim.core.backend import Usage
 
         async def answer():
