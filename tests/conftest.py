@@ -119,8 +119,8 @@ class StubBackend:
         self.capacity_tokens = capacity_tokens
         self._stats = EngineStats(capacity_tokens=capacity_tokens, used_tokens=0)
 
-    def submit(self, req, on_done):
-        raise NotImplementedError
+    def submit(self, req, on_done, on_failure):
+        raise NotImplementedError  # each test that uses it says how its calls are answered
 
     def stats(self):
         return self._stats
@@ -128,5 +128,14 @@ class StubBackend:
     def pin(self, program_id, ttl_s):
         pass
 
+    def unpin(self, program_id):
+        pass
+
+    async def connect(self):
+        pass
+
     async def refresh(self):
+        pass
+
+    async def close(self):
         pass

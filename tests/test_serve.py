@@ -288,7 +288,7 @@ class _HeldBackend(StubBackend):
         super().__init__("held", capacity_tokens=100_000)
         self.calls: list = []
 
-    def submit(self, req, on_done):
+    def submit(self, req, on_done, on_failure):
         self.calls.append((req, on_done))
 
     def finish_all(self):
