@@ -71,7 +71,7 @@ class Continuum(Policy):
 
     def __init__(self, options: PolicyOptions | None = None):
         super().__init__(options)
-        if self.p["ttl_s"] <= 0:
+        if self.settings["ttl_s"] <= 0:
             raise ValueError("continuum: need ttl_s > 0")
         self._seen: dict[str, list[float]] = {}  # tool name -> (sum, count) of its seconds
         self.predicted: dict[str, float] = {}  # tool name -> mean of every duration seen
@@ -118,9 +118,9 @@ class Continuum(Policy):
         # it): a pin after it is dropped when the program finishes (Cluster.finish).
         self._tool_start[program.id] = (tool, view.now)
         guess = self.predicted.get(tool, 0.0)  # never seen: 0 s, so it is pinned (the release)
-        if guess > self.p["pin_threshold_s"]:
+        if guess > self.settings["pin_threshold_s"]:
             return []
-        return [Pin(program.id, self.p["ttl_s"])]
+        return [Pin(program.id, self.settings["ttl_s"])]
 
     def on_request(self, view: ClusterView, program: ProgramView) -> list[Decision]:
         started = self._tool_start.pop(program.id, None)

@@ -51,7 +51,7 @@ class STP(Policy):
         o = self.options
         self.tick_interval = o.tick_interval
         self.decay_kind, self.decay_arg = parse_decay(o.decay)
-        self.sticky = bool(self.p["sticky"])
+        self.sticky = bool(self.settings["sticky"])
 
     # ---- the cost model ----------------------------------------------------------------
     def decay(self, acting_s: float) -> float:

@@ -27,7 +27,7 @@ class STPFair(STP):
 
     def __init__(self, options: PolicyOptions | None = None):
         super().__init__(options)
-        if self.p["aging_s"] <= 0:
+        if self.settings["aging_s"] <= 0:
             raise ValueError("stp_fair: aging_s must be > 0")
         self._since: dict[str, float] = {}  # program -> when it last started waiting
 
@@ -35,7 +35,7 @@ class STPFair(STP):
         return now - self._since.get(p.id, now)
 
     def aged(self, p: ProgramView, now: float) -> bool:
-        return self._waited(p, now) >= self.p["aging_s"]
+        return self._waited(p, now) >= self.settings["aging_s"]
 
     def restore_order(self, view: ClusterView) -> list[ProgramView]:
         now = view.now

@@ -34,7 +34,7 @@ class STPTool(STP):
 
     def __init__(self, options: PolicyOptions | None = None):
         super().__init__(options)
-        self.horizon = self.p["horizon_dt"] * self.tick_interval
+        self.horizon = self.settings["horizon_dt"] * self.tick_interval
         self.samples: dict[str, list[float]] = {}  # tool -> sorted recent durations
         self._recent: dict[str, list[float]] = {}  # tool -> durations in arrival order
         self._started: dict[str, tuple[str, float]] = {}
@@ -42,7 +42,7 @@ class STPTool(STP):
     def decay_of(self, p: ProgramView, now: float) -> float:
         t = now - p.acting_since
         seen = self.samples.get(p.current_tool or "")
-        if seen is None or len(seen) < self.p["min_samples"]:
+        if seen is None or len(seen) < self.settings["min_samples"]:
             return self.decay(t)
         n = len(seen)
         alive = n - bisect.bisect_right(seen, t)  # observations longer than t
@@ -68,6 +68,6 @@ class STPTool(STP):
         seen = self.samples.setdefault(tool, [])
         recent.append(took)
         bisect.insort(seen, took)
-        if len(recent) > self.p["window"]:  # a sliding window: tools change over a run
+        if len(recent) > self.settings["window"]:  # a sliding window: tools change over a run
             old = recent.pop(0)
             del seen[bisect.bisect_left(seen, old)]

@@ -230,7 +230,7 @@ def test_unknown_parameter_is_refused_with_the_known_ones(name):
         assert "none" in listed
     # ...and every declared parameter is accepted at its default value.
     defaults = tuple(REGISTRY[name].params.items())
-    assert make_policy(name, PolicyOptions(params=defaults)).p == dict(REGISTRY[name].params)
+    assert make_policy(name, PolicyOptions(params=defaults)).settings == dict(REGISTRY[name].params)
 
 
 @pytest.mark.parametrize("name", names())

@@ -135,7 +135,8 @@ class Policy:
             raise ValueError(
                 f"policy {self.name!r} has no parameter {', '.join(unknown)}; known: {known}"
             )
-        self.p = {k: float(given.get(k, v)) for k, v in self.params.items()}
+        # this instance's parameter values: the defaults above, overridden by `--param`
+        self.settings = {k: float(given.get(k, v)) for k, v in self.params.items()}
 
     def on_arrival(self, view: ClusterView, program: ProgramView) -> list[Decision]:
         return []
