@@ -25,6 +25,7 @@ from thundersim.policies.registry import register
 
 from thundersim.core.policy import (
     ClusterView,
+    DecayKind,
     Decision,
     Pause,
     Policy,
@@ -56,9 +57,9 @@ class STP(Policy):
     # ---- the cost model ----------------------------------------------------------------
     def decay(self, acting_s: float) -> float:
         """f(t): the share of an acting program's context still counted after t seconds."""
-        if self.decay_kind == "pow":
+        if self.decay_kind is DecayKind.POW:
             return self.decay_arg ** (-acting_s / self.tick_interval)
-        if self.decay_kind == "exp":
+        if self.decay_kind is DecayKind.EXP:
             return math.exp(-self.decay_arg * acting_s)
         return 1.0
 
