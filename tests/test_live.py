@@ -8,7 +8,8 @@ import json
 
 import pytest
 from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
-from thundersim.engine_adapters.vllm import TokenBook, VLLMBackend
+from thundersim.engine_adapters.tokens import TokenBook
+from thundersim.engine_adapters.vllm import VLLMBackend
 from thundersim.policies import make_policy
 
 from thundersim.core.policy import PolicyOptions
