@@ -19,7 +19,7 @@ class FakeCluster:
     def __init__(self, capacities, now=100.0):
         self.now = now
         self.backends = capacities
-        self.live_views = {}
+        self.unfinished_views = {}
 
     def backend_views(self):
         return [BackendView(i, f"b{i}", cap, 0, 0, 0) for i, cap in enumerate(self.backends)]
@@ -34,11 +34,11 @@ class FakeCluster:
         pending=False,
         acting_since=None,
     ):
-        p = Program(make_program(pid, [(1, 1, 0.0)]), len(self.live_views))
+        p = Program(make_program(pid, [(1, 1, 0.0)]), len(self.unfinished_views))
         p.context_tokens = context
         p.status, p.phase, p.backend, p.pending = status, phase, backend, pending
         p.acting_since = acting_since
-        self.live_views[pid] = p.view
+        self.unfinished_views[pid] = p.view
         return p
 
 

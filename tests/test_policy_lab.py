@@ -46,7 +46,7 @@ class LabCluster:
         self.running = [0] * len(capacities)
         self.waiting = [0] * len(capacities)
         self.alive = [True] * len(capacities)
-        self.live_views = {}
+        self.unfinished_views = {}
         self.programs: dict[str, Program] = {}
         self.view = ClusterView(self)
 
@@ -74,12 +74,12 @@ class LabCluster:
         p.status, p.phase, p.backend, p.pending = status, phase, backend, pending
         p.acting_since, p.last_backend, p.step = acting_since, last_backend, step
         self.programs[pid] = p
-        self.live_views[pid] = p.view
+        self.unfinished_views[pid] = p.view
         return p
 
     def finish(self, pid) -> Program:
         p = self.programs.pop(pid)
-        del self.live_views[pid]
+        del self.unfinished_views[pid]
         p.status, p.backend = Status.DONE, None
         return p
 

@@ -20,7 +20,7 @@ import openai
 import pytest
 from thundersim.engine_adapters.local import LocalEngines
 
-from thundersim.live.serve import BadRequest, estimate_prompt_tokens, parse_call
+from thundersim.live.requests import BadRequest, estimate_prompt_tokens, parse_call
 
 from .conftest import StubBackend
 

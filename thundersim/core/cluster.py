@@ -78,7 +78,7 @@ class Cluster:
         self.observer = observer
         self.programs: dict[str, Program] = {}  # every program that has arrived
         self.unfinished: dict[str, Program] = {}  # arrived and not finished, in arrival order
-        self.live_views: dict[str, Any] = {}  # their views, for ClusterView.programs
+        self.unfinished_views: dict[str, Any] = {}  # their views, for ClusterView.programs
         self.view = ClusterView(self)
         self.withheld = 0  # programs with a ready call that the policy withholds
         self.decisions_applied = 0
@@ -112,7 +112,7 @@ class Cluster:
         program.arrival_time = self.now
         self.programs[program.id] = program
         self.unfinished[program.id] = program
-        self.live_views[program.id] = program.view
+        self.unfinished_views[program.id] = program.view
         if self.observer is not None:
             self.observer.on_arrival(program)
         self._apply(self.policy.on_arrival(self.view, program.view))
@@ -154,7 +154,7 @@ class Cluster:
         for b in self.backends:
             b.unpin(program.id)
         del self.unfinished[program.id]
-        del self.live_views[program.id]
+        del self.unfinished_views[program.id]
         if self.observer is not None:
             self.observer.on_program_done(program)
         self._apply(self.policy.on_finish(self.view, program.view))

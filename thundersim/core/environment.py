@@ -40,6 +40,9 @@ class EnvProvider(Protocol):
     def teardown(self, handle: Any) -> None:
         """Remove it now: files, ports, processes."""
 
+    def close(self) -> None:
+        """Release anything still held (a preparation cut short) when the run ends."""
+
 
 class Env:
     """One environment: its owner, its resources and the times of its life."""

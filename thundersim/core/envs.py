@@ -157,9 +157,7 @@ class EnvManager:
         self._queue.clear()
         for env in list(self.envs.values()):
             self._remove(env)
-        close = getattr(self.provider, "close", None)
-        if close is not None:
-            close()  # anything it still holds (a preparation cut short)
+        self.provider.close()  # anything it still holds (a preparation cut short)
 
     # ---- tables ------------------------------------------------------------------------------
     def usage_frame(self) -> pd.DataFrame:

@@ -87,7 +87,7 @@ class ClusterView:
 
     @property
     def programs(self) -> Mapping[str, ProgramView]:
-        return self._cluster.live_views
+        return self._cluster.unfinished_views
 
     def backends(self) -> Sequence[BackendView]:
         return self._cluster.backend_views()

@@ -1,0 +1,15 @@
+"""The SimPy model: minutes of CPU instead of a GPU cluster.
+
+Reading guide:
+- `simulate.py`: one simulated run (RunConfig -> RunResult);
+- `driver.py`: the program lifecycle (thundersim.core.lifecycle) on a SimPy clock;
+- the engine, split as vLLM v1 splits it: `engine.py` (SimBackend, the replica's loop),
+  `scheduler.py` (admission, token budget, chunked prefill, preemption), `kv_cache_manager.py`
+  (the blocks each request holds, prefix lookup), `blocks.py` (the block pool, prefix cache,
+  LRU eviction), `request.py` (a request's progress: computed of total tokens),
+  `decoding.py` (decoding requests advanced together: skip-ahead), `accounting.py`
+  (counters, stats, the KV snapshot);
+- `latency.py`: iteration time (roofline or a calibrated profile);
+- `catalog.py`: GPUs and models from their published specs; Setup -> KV capacity;
+- `sandbox.py`: simulated tool environments; preparation as a shared service.
+"""
