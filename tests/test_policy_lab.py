@@ -238,7 +238,7 @@ def test_continuum_pin_after_the_last_call_is_dropped_when_the_program_finishes(
 
         def pin(self, program_id, ttl_s):
             super().pin(program_id, ttl_s)
-            pinned.append(self.pool.pinned_total)
+            pinned.append(self.stats().extra["pinned_tokens"])
 
     monkeypatch.setattr(simulate_module, "SimBackend", Recorded)
     last_pins, pinned, pinned_at_finish = [], [], []
@@ -251,7 +251,7 @@ def test_continuum_pin_after_the_last_call_is_dropped_when_the_program_finishes(
             return decided
 
         def on_finish(self, view, program):
-            pinned_at_finish.append(engines[0].pool.pinned_total)
+            pinned_at_finish.append(engines[0].stats().extra["pinned_tokens"])
             return super().on_finish(view, program)
 
     steps = [(300, 20, 3.0)] * 3 + [(100, 10, 0.5)]

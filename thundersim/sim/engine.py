@@ -32,7 +32,6 @@ import simpy
 from thundersim.core.backend import EngineStats, KVSnapshot, Request, Usage
 from thundersim.core.cluster import chain_program
 from thundersim.sim.accounting import EngineCounters, engine_stats, kv_snapshot
-from thundersim.sim.blocks import BlockPool
 from thundersim.sim.catalog import GPU, GiB
 from thundersim.sim.kv_cache_manager import KVCacheManager
 from thundersim.sim.latency import LatencyModel
@@ -220,13 +219,6 @@ class SimBackend:
             sched.waiting_for_memory(),
             is_acting,
         )
-
-    # ---- for tests ------------------------------------------------------------------------
-    @property
-    def pool(self) -> BlockPool:
-        """The block pool (tests/test_policy_lab.py reads its pins; stats() reports them as
-        extra["pinned_tokens"])."""
-        return self.kv.pool
 
     def check_invariants(self) -> None:
         """The block invariants (KVCacheManager.check_invariants) over the running requests."""
