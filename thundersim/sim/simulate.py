@@ -159,6 +159,7 @@ def _replicas(env: simpy.Environment, config: RunConfig) -> list[SimBackend]:
             max_model_len=setup.model.max_context,
             skip_ahead=config.skip_ahead,
             check=config.check_invariants,
+            model=setup.model.name,
         )
         for i in range(config.replicas)
     ]
