@@ -53,7 +53,7 @@ SERVED_TOOL = "agent"  # what a served program does between calls is its agent's
 REAP_EVERY_S = 5.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
