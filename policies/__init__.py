@@ -1,7 +1,9 @@
 """Scheduling policies, one per module, each written only against thundersim.core.policy.
 
 Find the one to change by its name: policies/<name>.py; routers in policies/routers/<name>.py.
-`registry.make_policy(name, options)` builds one; `thundersim policies` lists them.
+`registry.make_policy(name, options)` builds one; `thundersim policies` lists them, with the
+ones installed packages add through the `thundersim.policies` and `thundersim.routers`
+entry-point groups (see registry).
 """
 
 from thundersim.policies.registry import (

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from thundersim.lab import provenance
-from thundersim.lab.provenance import CLASSES, FITTED, scan_source
+from thundersim.lab.provenance_tags import CLASSES, FITTED, scan_source
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = {p.stem for p in (ROOT / "experiments" / "specs").glob("*.toml")}
@@ -297,12 +297,13 @@ def test_an_unknown_spec_name_is_reported(tmp_path):
     """A fitted tag that names a spec with no experiments/specs/<name>.toml fails the scan."""
     (tmp_path / "experiments" / "specs").mkdir(parents=True)
     (tmp_path / "experiments" / "specs" / "fig9.toml").write_text("name = 'fig9'\n")
-    (tmp_path / "policies").mkdir()
-    (tmp_path / "policies" / "p.py").write_text(
-        "A = 1  # provenance: fitted-to-paper [fig9, fig99] — fitted\n"
+    module = tmp_path / "policies" / "p.py"
+    module.parent.mkdir()
+    module.write_text("A = 1  # provenance: fitted-to-paper [fig9, fig99] — fitted\n")
+    entries, problems = provenance.scan(
+        {"thundersim.policies.p": module}, tmp_path / "experiments" / "specs"
     )
-    entries, problems = provenance.scan(tmp_path)
     assert [e.specs for e in entries] == [("fig9", "fig99")]
     assert [str(p) for p in problems] == [
-        "policies/p.py:1: A: no experiment spec 'fig99' (experiments/specs/fig99.toml)"
+        f"{module}:1: A: no experiment spec 'fig99' (experiments/specs/fig99.toml)"
     ]

@@ -13,9 +13,13 @@ import pandas as pd
 import pytest
 
 from thundersim.lab import readings
-from thundersim.lab.figures import FigureResult, specs_in, write_report
-from thundersim.lab.readings import ReadingError, check, format_value, render, report_reading
-from thundersim.lab.sweep import ROOT, load_spec
+from thundersim.lab.figures import specs_in
+from thundersim.lab.formats import format_value
+from thundersim.lab.readings import ReadingError, check, render, report_reading
+from thundersim.lab.report import FigureResult, write_report
+from thundersim.lab.sweep import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SPEC = """
 name = "mini"

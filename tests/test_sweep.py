@@ -10,7 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from thundersim.cli import app
-from thundersim.lab.sweep import SpecError, load_spec, point_key, run_sweep
+from thundersim.lab.points import point_key
+from thundersim.lab.sweep import SpecError, load_spec, run_sweep
 from thundersim.traces.loader import dump_trace
 
 from .conftest import make_program
@@ -90,6 +91,28 @@ def test_bad_specs_name_the_file_and_field(tmp_path, text, message):
         load_spec(path)
 
 
+def test_specs_and_traces_are_found_here_first_then_in_the_bundled_data(tmp_path, monkeypatch):
+    """A relative path is looked up in the current directory, then in the data installed
+    with thundersim (thundersim.lab.data); a spec also by its name; a miss names both."""
+    from thundersim.lab import data
+
+    monkeypatch.chdir(tmp_path)
+    bundled = data.bundled_root()
+    assert load_spec("fig4a").path == bundled / "experiments" / "specs" / "fig4a.toml"
+    assert data.find("traces/swe.jsonl") == bundled / "traces" / "swe.jsonl"
+    (tmp_path / "experiments" / "specs").mkdir(parents=True)
+    (tmp_path / "experiments" / "specs" / "fig4a.toml").write_text('name = "mine"\nkind = "line"\n')
+    assert load_spec("fig4a").name == "mine"  # the current directory's own copy first
+    with pytest.raises(SpecError, match="not found") as err:
+        load_spec("nothere")
+    for where in (tmp_path, bundled):
+        assert str(where / "experiments" / "specs" / "nothere.toml") in str(err.value)
+    spec = tmp_path / "t.toml"
+    spec.write_text('name = "t"\nkind = "line"\n[base]\ntrace = "traces/nothere.jsonl"\n')
+    with pytest.raises(SpecError, match=r"t\.toml: trace 'traces/nothere.jsonl' not found"):
+        run_sweep(load_spec(spec), tmp_path / "cache")
+
+
 def test_points_are_cached_by_their_inputs_and_only_what_changed_reruns(spec_file, tmp_path):
     cache = tmp_path / "cache"
     spec = load_spec(spec_file)
@@ -108,9 +131,9 @@ def test_points_are_cached_by_their_inputs_and_only_what_changed_reruns(spec_fil
     trace = Path(spec.base["trace"])
     lines = trace.read_text().splitlines(keepends=True)
     trace.write_text("".join(lines[:-1]))  # one program fewer
-    from thundersim.lab import sweep
+    from thundersim.lab import points
 
-    sweep._file_hash.cache_clear()
+    points._file_hash.cache_clear()
     assert point_key(spec.points()[0], spec.keep) != key
 
 
@@ -163,7 +186,7 @@ def test_cli_sweep_writes_one_table(spec_file, tmp_path):
     assert bad.exit_code == 2 and "nope.toml" in bad.output
 
 
-def test_figures_draws_and_reports_against_the_paper(spec_file, tmp_path, monkeypatch):
+def test_figures_draws_and_reports_against_the_paper(spec_file, tmp_path):
     from thundersim.lab import figures
 
     specs = tmp_path / "specs"
@@ -172,9 +195,8 @@ def test_figures_draws_and_reports_against_the_paper(spec_file, tmp_path, monkey
     (specs / "gap.toml").write_text(
         'name = "gap"\ntitle = "Not modelled"\nkind = "unsupported"\nreason = "no CPU KV tier"\n'
     )
-    monkeypatch.setattr(figures, "SPEC_DIR", specs)
     out = tmp_path / "figs"
-    results, timing = figures.regenerate(out, tmp_path / "cache", workers=2)
+    results, timing = figures.regenerate(out, tmp_path / "cache", workers=2, spec_dir=specs)
     assert (out / "mini.png").stat().st_size > 0 and (out / "mini.pdf").exists()
     assert (out / "data" / "mini.csv").exists()
     report = (out / "REPORT.md").read_text()
@@ -185,6 +207,6 @@ def test_figures_draws_and_reports_against_the_paper(spec_file, tmp_path, monkey
     assert len(mini.rows) == 4  # paper numbers for two series at two x values
     assert any("ordered as in the paper" in line for line in mini.reading)
     assert timing["points_run"] == 4
-    _, again = figures.regenerate(out, tmp_path / "cache", workers=2)
+    _, again = figures.regenerate(out, tmp_path / "cache", workers=2, spec_dir=specs)
     assert again["points_run"] == 0 and again["points_cached"] == 4
     assert json.loads(json.dumps(again))  # plain data

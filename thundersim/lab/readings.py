@@ -77,16 +77,15 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from itertools import product
 from pathlib import Path
 
 import pandas as pd
 
-from thundersim.lab.sweep import POINT_DEFAULTS, ROOT, Spec, SpecError
-
-DASH = "—"
-MINUS = "−"
+from thundersim.lab import data
+from thundersim.lab.formats import DASH, format_value
+from thundersim.lab.placeholders import PLACEHOLDER, Placeholder, parse, placeholders
+from thundersim.lab.run_values import RunValues
+from thundersim.lab.sweep import Spec, SpecError
 
 
 class ReadingError(SpecError):
@@ -94,333 +93,8 @@ class ReadingError(SpecError):
     placeholder."""
 
 
-# ---- formats ----------------------------------------------------------------------------------
-_UNITS = {
-    "%": (100.0, " %", 0),
-    "pct": (100.0, "", 0),
-    "x": (1.0, "×", 2),
-    "k": (1e-3, " k", 1),
-    "M": (1e-6, " M", 1),
-    "G": (1e-9, " G", 1),
-    "T": (1e-12, " T", 1),
-    "TB": (1e-12, " TB", 2),
-    "GB": (1e-9, " GB", 0),
-    "MB": (1e-6, " MB", 0),
-}
-_NAMED = re.compile(r"^(?P<sign>\+?)(?P<unit>%|pct|x|k|M|G|T|TB|GB|MB)?(?P<digits>\d*)$")
-
-
-def format_value(v, fmt: str = "") -> str:
-    """One value in one FORMAT of the module docstring; NaN / None → "—", strings as they are."""
-    if isinstance(v, str):
-        return v
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return DASH
-    m = _NAMED.match(fmt)
-    if m is None:  # a Python format spec
-        try:
-            return format(v, fmt)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"format {fmt!r}: {exc}") from None
-    v = float(v)
-    scale, suffix, default = _UNITS.get(m["unit"] or "", (1.0, "", None))
-    v *= scale
-    digits = int(m["digits"]) if m["digits"] else default
-    text = _smart(abs(v)) if digits is None else f"{abs(v):,.{digits}f}"
-    zero = float(text.replace(",", "")) == 0  # no "−0"
-    sign = "" if zero else MINUS if v < 0 else "+" if m["sign"] else ""
-    return f"{sign}{text}{suffix}"
-
-
-def _is_format(text: str) -> bool:
-    """A FORMAT rather than a METRIC in {EXPR:...}: a named format, or a Python spec."""
-    return bool(text) and (_NAMED.match(text) is not None or text[0] in ".,")
-
-
-def _smart(v: float) -> str:
-    if v >= 100:
-        return f"{v:,.0f}"
-    if v >= 1:
-        return f"{v:.3g}"
-    if v >= 0.01 or v == 0:
-        return f"{v:.2f}"
-    return f"{v:.2g}"
-
-
-# ---- parsing ----------------------------------------------------------------------------------
-_PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
-_OPS = ("ratio", "change", "min", "max", "mean")
-
-
-@dataclass(frozen=True)
-class Operand:
-    series: str  # a series value or "*"
-    x: str | None  # None: not given; "*": all; "LO..HI": a range; else a value
-    paper: bool = False
-
-
-@dataclass(frozen=True)
-class Placeholder:
-    source: str  # the text between the braces
-    op: str  # "value", or one of _OPS
-    operands: tuple[Operand, ...]
-    metric: str  # "" for the spec's default
-    fmt: str
-
-
-def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, cur, quote = [], [], False
-    i = 0
-    while i < len(text):
-        if text[i] == "'":
-            quote = not quote
-        if not quote and text.startswith(sep, i):
-            parts.append("".join(cur))
-            cur = []
-            i += len(sep)
-            continue
-        cur.append(text[i])
-        i += 1
-    if quote:
-        raise ValueError("unclosed quote")
-    parts.append("".join(cur))
-    return parts
-
-
-def _operand(text: str) -> Operand:
-    text = text.strip()
-    paper = False
-    if text.startswith("paper ") or text == "paper":
-        paper, text = True, text[len("paper") :].strip()
-    if not text:
-        raise ValueError("missing series")
-    at = _split_outside_quotes(text, "@")
-    if len(at) > 2:
-        raise ValueError(f"more than one @ in {text!r} (quote an x holding @)")
-    series = at[0].strip()
-    if not series or " " in series:
-        raise ValueError(f"bad series {series!r}")
-    x = None
-    if len(at) == 2:
-        x = at[1].strip()
-        if len(x) >= 2 and x[0] == x[-1] == "'":
-            x = x[1:-1]
-        elif not x or any(c in x for c in " '"):
-            raise ValueError(f"bad x {at[1]!r} (quote it: @'...')")
-    return Operand(series, x, paper)
-
-
-def parse(source: str) -> Placeholder:
-    """One placeholder's text (between the braces); ValueError says what is wrong."""
-    parts = _split_outside_quotes(source, ":")
-    if len(parts) > 3:
-        raise ValueError("more than EXPR:METRIC:FORMAT (quote an x holding ':')")
-    expr = parts[0].strip()
-    metric = parts[1].strip() if len(parts) > 1 else ""
-    fmt = parts[2].strip() if len(parts) > 2 else ""
-    if len(parts) == 2 and _is_format(metric):  # {EXPR:FORMAT}
-        metric, fmt = "", metric
-    word, _, rest = expr.partition(" ")
-    op = word if word in _OPS else "value"
-    body = rest if op != "value" else expr
-    if op in ("ratio", "change"):
-        sides = _split_outside_quotes(body, " / ")
-        if len(sides) == 1:
-            sides = _split_outside_quotes(body, "/")
-        if len(sides) != 2:
-            raise ValueError(
-                f"{op} needs two sides A / B (separate them with ' / ' when a series holds '/')"
-            )
-        a, b = (_operand(s) for s in sides)
-        if a.x is None and b.x is not None:
-            a = Operand(a.series, b.x, a.paper)
-        operands = (a, b)
-    else:
-        operands = (_operand(body),)
-    for o in operands:
-        wild = o.series == "*" or o.x == "*" or (o.x is not None and ".." in o.x)
-        if wild and op not in ("min", "max", "mean"):
-            raise ValueError("'*' and LO..HI select several points: use min, max or mean")
-    if fmt:
-        try:
-            format_value(1.0, fmt)
-        except ValueError as exc:
-            raise ValueError(str(exc)) from None
-    return Placeholder(source, op, operands, metric, fmt)
-
-
-def placeholders(text: str) -> list[str]:
-    """The text of every placeholder of a reading, in order."""
-    return [m[1] for m in _PLACEHOLDER.finditer(text) if m[1] is not None]
-
-
-# ---- the run's numbers ------------------------------------------------------------------------
-def _same(a, b) -> bool:
-    """x values compare by value: 96 == "96" == 96.0; strings as strings."""
-    if a is None or b is None:
-        return a is b
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return str(a) == str(b)
-
-
-def _num(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
-def _in_range(x, lo_hi: str) -> bool:
-    lo, _, hi = lo_hi.partition("..")
-    v, lo_v, hi_v = _num(x), _num(lo), _num(hi)
-    if v is None or lo_v is None or hi_v is None:
-        return False
-    return lo_v <= v <= hi_v
-
-
-class _Run:
-    """The values a reading can name: the run's table, the report's sim-vs-paper rows, and the
-    spec's [paper] numbers."""
-
-    def __init__(self, spec: Spec, table: pd.DataFrame | None, rows: Iterable = (), reduced=False):
-        self.spec = spec
-        self.reduced = reduced
-        plot = spec.raw.get("plot", {})
-        self.s_key = plot.get("series", "policy")
-        x_key = plot.get("rows", "trace") if spec.kind == "table" else plot.get("x", "concurrency")
-        self.x_key = x_key if x_key in POINT_DEFAULTS else None
-        metrics = plot.get("metrics") or []
-        self.default_metric = metrics[0] if metrics else ""
-        table = table if table is not None else pd.DataFrame()
-        table = table.reset_index(drop=True)
-        self.table = table
-        self.t_series = self._series_of(table)
-        self.t_x = (
-            list(table[self.x_key])
-            if self.x_key and self.x_key in table.columns
-            else [None] * len(table)
-        )
-        self.cmp = [(str(r.metric), str(r.series), r.x, _num(r.sim), _num(r.paper)) for r in rows]
-        # the full grid's series and x values (a reduced run has some of them)
-        self.grid_series = set(self.t_series) | {c[1] for c in self.cmp}
-        keys = self.s_key if isinstance(self.s_key, list) else [self.s_key]
-        values = [self._axis(k) for k in keys]
-        if all(values):
-            self.grid_series |= {"/".join(map(str, v)) for v in product(*values)}
-        self.grid_x = self._axis(self.x_key) if self.x_key else []
-
-    def _axis(self, key: str) -> list:
-        if key in self.spec.grid:
-            return list(self.spec.grid[key])
-        if key in self.spec.base:
-            return [self.spec.base[key]]
-        return []
-
-    def _series_of(self, t: pd.DataFrame) -> list[str]:
-        if t.empty:
-            return []
-        keys = self.s_key if isinstance(self.s_key, list) else [self.s_key]
-        if not all(k in t.columns for k in keys):
-            return [""] * len(t)
-        return list(t[keys].astype(str).agg("/".join, axis=1))
-
-    def metrics(self) -> list[str]:
-        numeric = self.table.select_dtypes("number").columns
-        return sorted(set(numeric) | {c[0] for c in self.cmp})
-
-    def _x_ok(self, o: Operand, x) -> bool:
-        if o.x is None or o.x == "*":
-            return True
-        if ".." in o.x:
-            return _in_range(x, o.x)
-        return _same(x, o.x)
-
-    def _known(self, o: Operand) -> None:
-        if o.series != "*" and o.series not in self.grid_series:
-            have = ", ".join(sorted(s for s in self.grid_series if s)) or "none"
-            raise ValueError(f"unknown series {o.series!r}; have {have}")
-        if o.x not in (None, "*") and ".." not in o.x:
-            xs = list(self.grid_x) + list(self.t_x) + [c[2] for c in self.cmp]
-            if not any(_same(x, o.x) for x in xs):
-                have = ", ".join(dict.fromkeys(str(x) for x in xs if x is not None)) or "none"
-                raise ValueError(f"unknown x {o.x!r} ({self.x_key or 'no x axis'}); have {have}")
-
-    def values(self, o: Operand, metric: str) -> list[float | None]:
-        """The values an operand selects; an empty list: the run lacks them."""
-        self._known(o)
-        if o.paper:
-            return self._paper(o, metric)
-        if metric in self.table.columns:
-            return [
-                _num(v)
-                for s, x, v in zip(self.t_series, self.t_x, self.table[metric], strict=True)
-                if (o.series == "*" or s == o.series) and self._x_ok(o, x)
-            ]
-        if any(c[0] == metric for c in self.cmp):
-            return [
-                c[3]
-                for c in self.cmp
-                if c[0] == metric and (o.series == "*" or c[1] == o.series) and self._x_ok(o, c[2])
-            ]
-        raise ValueError(f"unknown metric {metric!r}; have {', '.join(self.metrics()) or 'none'}")
-
-    def _paper(self, o: Operand, metric: str) -> list[float | None]:
-        paper = self.spec.raw.get("paper", {}).get(metric, {})
-        series = [s for s in paper if s != "source"] if o.series == "*" else [o.series]
-        out: list[float | None] = []
-        found = False
-        for s in series:
-            v = paper.get(s) if isinstance(paper, dict) else None
-            if isinstance(v, int | float):
-                found = True
-                out.append(_num(v))
-            elif isinstance(v, list):
-                found = True
-                xs = self.grid_x if self.grid_x else [None] * len(v)
-                if o.x is None and len(v) == 1:
-                    out.append(_num(v[0]))
-                    continue
-                if o.x is None:
-                    raise ValueError(f"paper {metric} {s} has {len(v)} values: name an x")
-                for x, pv in zip(xs, v, strict=False):
-                    if self._x_ok(o, x):
-                        out.append(_num(pv))
-        if found:
-            return out
-        # the paper numbers the report compares with (computed rows: fig2b, fig2c, fig9)
-        hits = [
-            c[4]
-            for c in self.cmp
-            if c[0] == metric and (o.series == "*" or c[1] == o.series) and self._x_ok(o, c[2])
-        ]
-        if hits:
-            return [_num(h) for h in hits]
-        raise ValueError(f"no paper number for {metric!r} of series {o.series!r}")
-
-    def one(self, o: Operand, metric: str) -> float | None:
-        v = self.values(o, metric)
-        if len(v) > 1:
-            raise ValueError(
-                f"{len(v)} points match; name the x ({self.x_key or 'x'}) or use min/max/mean"
-            )
-        if not v and o.paper:
-            where = o.series + ("" if o.x is None else f"@{o.x}")
-            raise ValueError(f"no paper number for {metric!r} at {where}")
-        if not v:
-            return self._lacking(o)
-        return v[0]
-
-    def _lacking(self, o: Operand):
-        if self.reduced:
-            return None  # a point of the full grid outside the reduced one: "—"
-        where = o.series + ("" if o.x is None else f"@{o.x}")
-        raise ValueError(f"the run has no point {where}")
-
-
-def _evaluate(p: Placeholder, run: _Run) -> str:
+# ---- rendering --------------------------------------------------------------------------------
+def _evaluate(p: Placeholder, run: RunValues) -> str:
     metric = p.metric or run.default_metric
     if not metric:
         raise ValueError("the spec plots no metric: name one ({EXPR:METRIC})")
@@ -434,7 +108,7 @@ def _evaluate(p: Placeholder, run: _Run) -> str:
         return format_value(v, p.fmt or ("x2" if p.op == "ratio" else "+%"))
     vals = [v for v in run.values(p.operands[0], metric) if v is not None]
     if not vals:
-        return format_value(run._lacking(p.operands[0]), p.fmt)
+        return format_value(run.lacking(p.operands[0]), p.fmt)
     agg = {"min": min, "max": max, "mean": lambda v: sum(v) / len(v)}[p.op]
     return format_value(agg(vals), p.fmt)
 
@@ -457,7 +131,7 @@ def render(
     report's sim-vs-paper comparisons (objects with metric, series, x, sim, paper); `reduced`:
     the run is the reduced grid, so points outside it render as "—"."""
     text = spec.raw.get("reading", "") if text is None else text
-    run = _Run(spec, table, rows, reduced)
+    run = RunValues(spec, table, rows, reduced)
 
     def sub(m: re.Match) -> str:
         if m[0] in ("{{", "}}"):
@@ -467,7 +141,7 @@ def render(
         except ValueError as exc:
             raise _fail(spec, m[1], str(exc)) from None
 
-    return _PLACEHOLDER.sub(sub, text.strip())
+    return PLACEHOLDER.sub(sub, text.strip())
 
 
 # ---- typed numbers ----------------------------------------------------------------------------
@@ -502,7 +176,7 @@ def typed_numbers(text: str, spec: Spec) -> list[str]:
     """The numbers of a reading outside its placeholders that are not inputs, references,
     years or parts of names, each with a little context."""
     inputs = _inputs(spec)
-    prose = _PLACEHOLDER.sub(lambda m: m[0][0] if m[1] is None else " ", text)
+    prose = PLACEHOLDER.sub(lambda m: m[0][0] if m[1] is None else " ", text)
     blank = prose
     for pattern in (_ARXIV, _REF, _NAME):
         blank = pattern.sub(lambda m: " " * len(m[0]), blank)
@@ -543,14 +217,24 @@ def run_table(spec: Spec, data_dir: Path) -> pd.DataFrame | None:
     """The run's table of a spec: data_dir/NAME.csv, written by the run; for a validation spec
     its results file, one row per policy with METRIC.sim / .live / .rel_error columns."""
     if spec.kind == "validation":
-        source = ROOT / spec.raw.get("source", "")
-        if not source.is_file():
+        results = validation_data(spec)
+        if results is None:
             return None
-        data = json.loads(source.read_text())
-        records = data["records"] if isinstance(data, dict) else data
+        records = results["records"] if isinstance(results, dict) else results
         return validation_table(records)
     path = Path(data_dir) / f"{spec.name}.csv"
     return pd.read_csv(path) if path.is_file() else None
+
+
+def validation_data(spec: Spec) -> dict | list | None:
+    """A validation spec's results file (its `source`, found as thundersim.lab.data finds
+    files: the current directory, then the installed results), parsed; None before the first
+    measurement."""
+    source = spec.raw.get("source", "")
+    path = data.locate(source) if source else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 def validation_table(records: list[dict]) -> pd.DataFrame:

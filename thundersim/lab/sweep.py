@@ -6,7 +6,7 @@ A spec (experiments/specs/*.toml):
     name = "fig4a"
     title = "..."
     kind = "line"                      # how `thundersim figures` draws it
-    [base]                             # parameters every point shares (see POINT_DEFAULTS)
+    [base]                             # parameters every point shares (POINT_DEFAULTS)
     trace = "traces/swe.jsonl"
     [grid]                             # lists; the grid is their product
     policy = ["vllm", "continuum", "stp"]
@@ -14,55 +14,35 @@ A spec (experiments/specs/*.toml):
     [reduced]                          # replaces grid lists for the CI-sized run
     concurrency = [24, 96]
 
-A point's key is the SHA-256 of its parameters, the trace's bytes and the simulator's source
-(thundersim/ and policies/): a cached point is reused until one of them changes, and an
-interrupted sweep resumes where it stopped. Like compare.py this module composes the parts (it
-builds policies by name); nothing in the core imports it.
+A spec is found by path or by name (thundersim.lab.data: the current directory first, then the
+specs installed with thundersim), and so is its trace. Each point is cached by its key
+(thundersim.lab.points: its parameters, the trace's bytes, the simulator's source), so an
+interrupted sweep resumes where it stopped. Like compare.py this module composes the parts;
+nothing in the core imports it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from itertools import product
 from pathlib import Path
 
 import pandas as pd
 
-from thundersim.metrics.window import window_columns
+from thundersim.lab import data
+from thundersim.lab.points import (
+    POINT_DEFAULTS,
+    TABLES,
+    flat_row,
+    point_key,
+    read_point,
+    run_and_store,
+    trace_file,
+)
 from thundersim.traces.schema import TraceError
-
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: thundersim/lab/sweep.py
-
-# Every parameter a point may set, with its default (the CLI's `run` defaults).
-POINT_DEFAULTS: dict = {
-    "trace": "traces/swe.jsonl",  # a path, or "gen:WORKLOAD:PROGRAMS:SEED"
-    "policy": "stp",
-    "router": "least_loaded",
-    "params": [],  # policy parameters, "key=value"
-    "concurrency": 96,  # 0: open loop
-    "replicas": 1,
-    "gpu": "H100-SXM",
-    "model": "GLM-4.6",
-    "tp": 8,
-    "weight_dtype": "fp8",
-    "kv_dtype": "fp8",
-    "kv_tokens": 0,
-    "horizon": 0.0,  # > 0: a horizon run (steady window [warmup, horizon]); 0: run to the end
-    "warmup": -1.0,  # seconds; -1: a quarter of the horizon (thundersim.metrics.window)
-    "seed": 0,
-    "dt": 5.0,
-    "decay": "pow:2",
-    "sample_dt": 1.0,
-    "tool_manager": "gc+prefetch",
-    "env_disk_gb": 0.0,
-}
-TABLES = ("memory", "env_usage", "env_preps", "steps")
 
 
 class SpecError(ValueError):
@@ -93,28 +73,18 @@ class Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    path = Path(path)
+    """A spec by path or by name (`fig4a`), found as thundersim.lab.data finds it."""
     try:
+        path = data.find_spec_file(path)
         raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, data.DataNotFound) as exc:
         raise SpecError(f"{path}: {exc}") from None
     for key in ("name", "kind"):
         if not isinstance(raw.get(key), str):
             raise SpecError(f"{path}: field {key!r} must be a string")
-    base = raw.get("base", {})
-    grid = raw.get("grid", {})
-    reduced = raw.get("reduced", {})
-    for section, table in (("base", base), ("grid", grid), ("reduced", reduced)):
-        if not isinstance(table, dict):
-            raise SpecError(f"{path}: [{section}] must be a table")
-        for key, value in table.items():
-            if key not in POINT_DEFAULTS:
-                raise SpecError(
-                    f"{path}: [{section}] {key!r} is not a run parameter; valid: "
-                    f"{', '.join(POINT_DEFAULTS)}"
-                )
-            if section != "base" and (not isinstance(value, list) or not value):
-                raise SpecError(f"{path}: [{section}] {key!r} must be a non-empty list")
+    sections = {name: raw.get(name, {}) for name in ("base", "grid", "reduced")}
+    for section, table in sections.items():
+        _check_section(path, section, table)
     keep = raw.get("keep", [])
     bad = [t for t in keep if t not in TABLES]
     if bad:
@@ -124,151 +94,23 @@ def load_spec(path: str | Path) -> Spec:
         name=raw["name"],
         title=raw.get("title", raw["name"]),
         kind=raw["kind"],
-        base=base,
-        grid=grid,
-        reduced=reduced,
+        **sections,
         keep=list(keep),
         raw=raw,
     )
 
 
-# ---- hashing -------------------------------------------------------------------------------------
-# Modules that cannot change a simulated point (front ends, live mode, plotting): editing them
-# keeps the cache.
-_NOT_SIMULATION = (
-    "thundersim/cli.py",
-    "thundersim/lab/",
-    "thundersim/live/",
-    "thundersim/traces/stats.py",
-    "thundersim/traces/converters/",
-)
-
-
-@cache
-def code_hash() -> str:
-    """The simulator's source: a point's result depends on it."""
-    h = hashlib.sha256()
-    for folder in ("thundersim", "policies"):
-        for f in sorted((ROOT / folder).rglob("*.py")):
-            rel = str(f.relative_to(ROOT))
-            if rel.startswith(_NOT_SIMULATION):
-                continue
-            h.update(str(f.relative_to(ROOT)).encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-@cache
-def _file_hash(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def point_key(point: dict, keep: Iterable[str] = ()) -> str:
-    trace = point["trace"]
-    trace_id = trace if trace.startswith("gen:") else _file_hash(_trace_path(trace))
-    blob = json.dumps(
-        {"point": point, "trace": trace_id, "code": code_hash(), "keep": sorted(keep)},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def _trace_path(trace: str) -> str:
-    p = Path(trace)
-    return str(p if p.is_absolute() else ROOT / p)
-
-
-# ---- one point -------------------------------------------------------------------------------
-_TRACES: dict[str, list] = {}  # per worker process
-
-
-def _load(trace: str):
-    specs = _TRACES.get(trace)
-    if specs is None:
-        if trace.startswith("gen:"):
-            from thundersim.traces import workloads
-
-            _, workload, n, seed = trace.split(":")
-            specs = workloads.generate(workload, int(n), int(seed))
-        else:
-            from thundersim.traces.loader import load_trace
-
-            specs = load_trace(_trace_path(trace))
-        _TRACES[trace] = specs
-    return specs
-
-
-def run_point(point: dict, keep: Iterable[str] = ()) -> tuple[dict, dict[str, pd.DataFrame]]:
-    """Simulate one point: (summary, kept tables)."""
-    from thundersim.policies import make_policy
-    from thundersim.sim.simulate import build_run, simulate
-
-    p = point
-    options, config = build_run(
-        router=p["router"],
-        params=list(p["params"]),
-        dt=p["dt"],
-        decay=p["decay"],
-        seed=p["seed"],
-        gpu=p["gpu"],
-        model=p["model"],
-        tp=p["tp"],
-        weight_dtype=p["weight_dtype"],
-        kv_dtype=p["kv_dtype"],
-        kv_tokens=p["kv_tokens"],
-        latency_profile=None,
-        replicas=p["replicas"],
-        concurrency=p["concurrency"] or None,
-        horizon_s=p["horizon"] or None,
-        warmup_s=None if p["warmup"] < 0 else p["warmup"],
-        sample_dt=p["sample_dt"],
-        tool_manager=p["tool_manager"] if p["tool_manager"] != "off" else None,
-        env_disk_limit=int(p["env_disk_gb"] * 1e9) or None,
-    )
-    result = simulate(_load(p["trace"]), make_policy(p["policy"], options), config, p["trace"])
-    tables = {}
-    for name in keep:
-        frame = getattr(result, name)
-        if frame is not None:
-            tables[name] = frame
-    return result.summary, tables
-
-
-def _run_and_store(point: dict, keep: list[str], folder: str) -> dict:
-    """Worker side: run, write the point's folder atomically, return its row."""
-    summary, tables = run_point(point, keep)
-    out = Path(folder)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name, frame in tables.items():
-        frame.to_parquet(tmp / f"{name}.parquet", index=False)
-    (tmp / "summary.json").write_text(json.dumps({"point": point, "summary": summary}))
-    tmp.rename(out)  # a point is cached whole or not at all
-    return flat_row(point, summary)
-
-
-def flat_row(point: dict, summary: dict) -> dict:
-    """The table row of a point: its varying inputs, then every scalar of its summary."""
-    row = {k: (",".join(v) if isinstance(v, list) else v) for k, v in point.items()}
-    for k, v in summary.items():
-        if isinstance(v, int | float | str | bool) or v is None:
-            row.setdefault(k, v)
-        elif isinstance(v, dict) and k in (
-            "env",
-            "stp_cost",
-            "step_breakdown_mean_s",
-            "stp_unused_bound",
-        ):
-            for kk, vv in v.items():
-                if isinstance(vv, int | float | str | bool) or vv is None:
-                    row[f"{k}.{kk}"] = vv
-    if summary.get("throughput_window_s"):  # the window its throughput was measured over
-        row.update(window_columns(summary))
-    b = summary.get("step_breakdown_mean_s") or {}
-    parts = [b.get(k) for k in ("hold_s", "queue_s", "prefill_s", "decode_s")]
-    # per-step LLM latency: from the call being ready to its last token (the tool excluded)
-    row["step_latency_s"] = sum(parts) if all(v is not None for v in parts) else None
-    return row
+def _check_section(path: Path, section: str, table) -> None:
+    if not isinstance(table, dict):
+        raise SpecError(f"{path}: [{section}] must be a table")
+    for key, value in table.items():
+        if key not in POINT_DEFAULTS:
+            raise SpecError(
+                f"{path}: [{section}] {key!r} is not a run parameter; valid: "
+                f"{', '.join(POINT_DEFAULTS)}"
+            )
+        if section != "base" and (not isinstance(value, list) or not value):
+            raise SpecError(f"{path}: [{section}] {key!r} must be a non-empty list")
 
 
 # ---- the sweep -------------------------------------------------------------------------------
@@ -309,65 +151,74 @@ def run_sweeps(
     every worker stays busy; one SweepResult per spec."""
     if executor not in ("local", "ray"):
         raise SpecError(f"unknown executor {executor!r}; valid: local, ray")
+    per_spec, unique = _plan(specs, cache_dir, reduced)
+    todo = [f for f in unique if not (f / "summary.json").exists()]
+    for _ in range(len(unique) - len(todo)):
+        if on_done:
+            on_done()
+    interrupted = False
+    if todo:
+        jobs = [(*unique[f], str(f), _trace_arg(unique[f][0])) for f in todo]
+        run = _run_ray if executor == "ray" else _run_local
+        interrupted = run(jobs, workers, ray_address, on_done)
+    ran = set(todo)
+    return [_gather(points, folders, ran, interrupted) for points, folders in per_spec]
+
+
+def _plan(specs: list[Spec], cache_dir: Path, reduced: bool):
+    """Each spec's (points, folders), and the distinct folders to fill: folder -> (point,
+    keep). Fails before anything runs on a trace that is not there, naming the spec."""
     per_spec = []
     unique: dict[Path, tuple[dict, list[str]]] = {}
     for spec in specs:
         points = spec.points(reduced)
-        for p in points:  # fail before anything runs, naming the spec
-            if not p["trace"].startswith("gen:") and not Path(_trace_path(p["trace"])).exists():
-                raise SpecError(f"{spec.path}: trace {p['trace']!r} does not exist")
-        folders = [cache_dir / point_key(p, spec.keep) for p in points]
+        try:
+            folders = [cache_dir / point_key(p, spec.keep) for p in points]
+        except data.DataNotFound as exc:
+            raise SpecError(f"{spec.path}: {exc}") from None
         per_spec.append((points, folders))
         for p, f in zip(points, folders, strict=True):
             unique.setdefault(f, (p, spec.keep))
-    todo_folders = [f for f in unique if not (f / "summary.json").exists()]
-    cached = {f for f in unique if f not in set(todo_folders)}
-    for _ in cached:
-        if on_done:
-            on_done()
-    interrupted = False
-    if todo_folders:
-        points = [unique[f][0] for f in todo_folders]
-        keeps = [unique[f][1] for f in todo_folders]
-        run = _run_ray if executor == "ray" else _run_local
-        rows: dict[int, dict] = {}
-        interrupted = run(points, todo_folders, keeps, rows, workers, ray_address, on_done)
-    results = []
-    for points, folders in per_spec:
-        rows = [
-            flat_row(p, read_point(f)[1])
-            for p, f in zip(points, folders, strict=True)
-            if (f / "summary.json").exists()
-        ]
-        ran = {f for f in folders if f in set(todo_folders)}
-        results.append(
-            SweepResult(
-                pd.DataFrame(rows), folders, len(ran), len(folders) - len(ran), interrupted, ran
-            )
-        )
-    return results
+    return per_spec, unique
 
 
-def _run_local(points, folders, keeps, rows, workers, _address, on_done) -> bool:
+def _trace_arg(point: dict) -> str | None:
+    """The trace file a worker reads, resolved here: a worker need not share this process's
+    current directory (a Ray worker does not)."""
+    return None if point["trace"].startswith("gen:") else str(trace_file(point["trace"]))
+
+
+def _gather(points: list[dict], folders: list[Path], ran: set, interrupted: bool) -> SweepResult:
+    rows = [
+        flat_row(p, read_point(f)[1])
+        for p, f in zip(points, folders, strict=True)
+        if (f / "summary.json").exists()
+    ]
+    mine = {f for f in folders if f in ran}
+    return SweepResult(
+        pd.DataFrame(rows), folders, len(mine), len(folders) - len(mine), interrupted, mine
+    )
+
+
+def _run_local(jobs: list[tuple], workers, _address, on_done) -> bool:
     from thundersim.lab.compare import pool_map
 
-    def keep(i: int, row: dict) -> None:
-        rows[i] = row
+    def done(_i: int, _row: dict) -> None:
         if on_done:
             on_done()
 
     def name(i: int, exc: Exception) -> Exception:
         if isinstance(exc, ValueError | TraceError):
-            return SpecError(f"point {points[i]}: {exc}")
+            return SpecError(f"point {jobs[i][0]}: {exc}")
         return exc
 
-    jobs = [(p, k, str(f)) for p, k, f in zip(points, keeps, folders, strict=True)]
-    return pool_map(_run_and_store, jobs, workers, keep, name)
+    return pool_map(run_and_store, jobs, workers, done, name)
 
 
-def _run_ray(points, folders, keeps, rows, workers, address, on_done) -> bool:
+def _run_ray(jobs: list[tuple], workers, address, on_done) -> bool:
     """The same points as Ray tasks (`pip install thundersim[ray]`); workers share the cache
-    folder, so on a multi-node cluster it must be a shared file system."""
+    folder and read the trace at the path resolved here, so on a multi-node cluster both must
+    be on a shared file system."""
     try:
         import ray
     except ImportError:
@@ -377,17 +228,13 @@ def _run_ray(points, folders, keeps, rows, workers, address, on_done) -> bool:
         kwargs = {"address": address} if address else {"num_cpus": workers or os.cpu_count()}
         ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
     try:
-        task = ray.remote(_run_and_store)
-        refs = {
-            task.remote(p, k, str(f)): i
-            for i, (p, k, f) in enumerate(zip(points, keeps, folders, strict=True))
-        }
-        pending = list(refs)
+        task = ray.remote(run_and_store)
+        pending = [task.remote(*job) for job in jobs]
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
-                    rows[refs[ref]] = ray.get(ref)
+                    ray.get(ref)  # raises a failed point's error here
                     if on_done:
                         on_done()
         except KeyboardInterrupt:
@@ -398,13 +245,3 @@ def _run_ray(points, folders, keeps, rows, workers, address, on_done) -> bool:
         if started:
             ray.shutdown()
     return False
-
-
-def read_table(folder: Path, name: str) -> pd.DataFrame | None:
-    f = folder / f"{name}.parquet"
-    return pd.read_parquet(f) if f.exists() else None
-
-
-def read_point(folder: Path) -> tuple[dict, dict]:
-    data = json.loads((folder / "summary.json").read_text())
-    return data["point"], data["summary"]

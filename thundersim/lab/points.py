@@ -1,0 +1,237 @@
+"""One point of a sweep: its parameters as a run, its cache key, its simulation, its folder.
+
+A point is a flat dict of run parameters (`POINT_DEFAULTS`: the CLI's `run` options, by the
+names a spec uses). Its key is the SHA-256 of its parameters, the trace's bytes and the
+simulator's source (the `thundersim` package and its policies, named as in a checkout so that
+a checkout and an installed wheel of the same source share a cache): a cached point is reused
+until one of them changes. A finished point is a folder holding summary.json and the tables it
+keeps, written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path
+
+import pandas as pd
+
+from thundersim.lab import data
+from thundersim.metrics.window import window_columns
+
+# Every parameter a point may set, with its default (the CLI's `run` defaults).
+POINT_DEFAULTS: dict = {
+    "trace": "traces/swe.jsonl",  # a path, or "gen:WORKLOAD:PROGRAMS:SEED"
+    "policy": "stp",
+    "router": "least_loaded",
+    "params": [],  # policy parameters, "key=value"
+    "concurrency": 96,  # 0: open loop
+    "replicas": 1,
+    "gpu": "H100-SXM",
+    "model": "GLM-4.6",
+    "tp": 8,
+    "weight_dtype": "fp8",
+    "kv_dtype": "fp8",
+    "kv_tokens": 0,
+    "horizon": 0.0,  # > 0: a horizon run (steady window [warmup, horizon]); 0: run to the end
+    "warmup": -1.0,  # seconds; -1: a quarter of the horizon (thundersim.metrics.window)
+    "seed": 0,
+    "dt": 5.0,
+    "decay": "pow:2",
+    "sample_dt": 1.0,
+    "tool_manager": "gc+prefetch",
+    "env_disk_gb": 0.0,
+}
+TABLES = ("memory", "env_usage", "env_preps", "steps")  # what a point may keep
+
+
+# ---- hashing -------------------------------------------------------------------------------------
+# Modules that cannot change a simulated point (front ends, live mode, plotting): editing them
+# keeps the cache.
+_NOT_SIMULATION = (
+    "thundersim/api.py",
+    "thundersim/cli/",
+    "thundersim/lab/",
+    "thundersim/live/",
+    "thundersim/traces/stats.py",
+    "thundersim/traces/converters/",
+)
+
+
+def _package_dir(name: str) -> Path:
+    return Path(find_spec(name).submodule_search_locations[0])
+
+
+def _source_files() -> Iterator[tuple[str, Path]]:
+    """(name as in a checkout, file) of the simulator's source, sorted: the thundersim package
+    and the policies. An installed wheel nests policies/ and engine_adapters/ inside the
+    package; they are named (policies) or left out (engine adapters: live only) as in a
+    checkout."""
+    package = _package_dir("thundersim")
+    policies = _package_dir("thundersim.policies")
+    nested = (package / "policies", package / "engine_adapters")
+    for f in sorted(package.rglob("*.py")):
+        if not any(folder in f.parents for folder in nested):
+            yield f"thundersim/{f.relative_to(package).as_posix()}", f
+    for f in sorted(policies.rglob("*.py")):
+        yield f"policies/{f.relative_to(policies).as_posix()}", f
+
+
+@cache
+def code_hash() -> str:
+    """The simulator's source: a point's result depends on it."""
+    h = hashlib.sha256()
+    for name, f in _source_files():
+        if name.startswith(_NOT_SIMULATION):
+            continue
+        h.update(name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@cache
+def _file_hash(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def trace_file(trace: str) -> Path:
+    """The file of a point's trace (thundersim.lab.data: the current directory, then the
+    bundled traces); DataNotFound names where it looked."""
+    return data.find(trace, "trace")
+
+
+def point_key(point: dict, keep: Iterable[str] = ()) -> str:
+    trace = point["trace"]
+    trace_id = trace if trace.startswith("gen:") else _file_hash(str(trace_file(trace)))
+    blob = json.dumps(
+        {"point": point, "trace": trace_id, "code": code_hash(), "keep": sorted(keep)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+# ---- one point -------------------------------------------------------------------------------
+_TRACES: dict[str, list] = {}  # per worker process
+
+
+def programs_of(trace: str, path: str | Path | None = None) -> list:
+    """A trace's programs: generated for "gen:WORKLOAD:N:SEED", else read from `path` (the
+    resolved file) or the trace's own path."""
+    if trace.startswith("gen:"):
+        from thundersim.traces import workloads
+
+        _, workload, n, seed = trace.split(":")
+        return workloads.generate(workload, int(n), int(seed))
+    from thundersim.traces.loader import load_trace
+
+    return load_trace(path or trace_file(trace))
+
+
+def load_programs(trace: str, path: str | Path | None = None) -> list:
+    """programs_of, once per process (a worker runs many points of one trace)."""
+    if trace not in _TRACES:
+        _TRACES[trace] = programs_of(trace, path)
+    return _TRACES[trace]
+
+
+def build_point(point: dict):
+    """(PolicyOptions, RunConfig) of a point (ValueError on anything invalid)."""
+    from thundersim.sim.simulate import build_run
+
+    p = point
+    return build_run(
+        router=p["router"],
+        params=list(p["params"]),
+        dt=p["dt"],
+        decay=p["decay"],
+        seed=p["seed"],
+        gpu=p["gpu"],
+        model=p["model"],
+        tp=p["tp"],
+        weight_dtype=p["weight_dtype"],
+        kv_dtype=p["kv_dtype"],
+        kv_tokens=p["kv_tokens"],
+        latency_profile=None,
+        replicas=p["replicas"],
+        concurrency=p["concurrency"] or None,
+        horizon_s=p["horizon"] or None,
+        warmup_s=None if p["warmup"] < 0 else p["warmup"],
+        sample_dt=p["sample_dt"],
+        tool_manager=p["tool_manager"] if p["tool_manager"] != "off" else None,
+        env_disk_limit=int(p["env_disk_gb"] * 1e9) or None,
+    )
+
+
+def simulate_point(point: dict, programs: list):
+    """Simulate the point's policy and setup on these programs: the RunResult."""
+    from thundersim.policies import make_policy
+    from thundersim.sim.simulate import simulate
+
+    options, config = build_point(point)
+    return simulate(programs, make_policy(point["policy"], options), config, point["trace"])
+
+
+def run_point(
+    point: dict, keep: Iterable[str] = (), trace_path: str | None = None
+) -> tuple[dict, dict[str, pd.DataFrame]]:
+    """Simulate one point: (summary, kept tables)."""
+    result = simulate_point(point, load_programs(point["trace"], trace_path))
+    tables = {}
+    for name in keep:
+        frame = getattr(result, name)
+        if frame is not None:
+            tables[name] = frame
+    return result.summary, tables
+
+
+def run_and_store(point: dict, keep: list[str], folder: str, trace_path: str | None) -> dict:
+    """Worker side: run, write the point's folder atomically, return its row. `trace_path`:
+    the trace file as the sweep resolved it (workers need not share its current directory)."""
+    summary, tables = run_point(point, keep, trace_path)
+    out = Path(folder)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, frame in tables.items():
+        frame.to_parquet(tmp / f"{name}.parquet", index=False)
+    (tmp / "summary.json").write_text(json.dumps({"point": point, "summary": summary}))
+    tmp.rename(out)  # a point is cached whole or not at all
+    return flat_row(point, summary)
+
+
+def flat_row(point: dict, summary: dict) -> dict:
+    """The table row of a point: its varying inputs, then every scalar of its summary."""
+    row = {k: (",".join(v) if isinstance(v, list) else v) for k, v in point.items()}
+    for k, v in summary.items():
+        if isinstance(v, int | float | str | bool) or v is None:
+            row.setdefault(k, v)
+        elif isinstance(v, dict) and k in (
+            "env",
+            "stp_cost",
+            "step_breakdown_mean_s",
+            "stp_unused_bound",
+        ):
+            for kk, vv in v.items():
+                if isinstance(vv, int | float | str | bool) or vv is None:
+                    row[f"{k}.{kk}"] = vv
+    if summary.get("throughput_window_s"):  # the window its throughput was measured over
+        row.update(window_columns(summary))
+    b = summary.get("step_breakdown_mean_s") or {}
+    parts = [b.get(k) for k in ("hold_s", "queue_s", "prefill_s", "decode_s")]
+    # per-step LLM latency: from the call being ready to its last token (the tool excluded)
+    row["step_latency_s"] = sum(parts) if all(v is not None for v in parts) else None
+    return row
+
+
+# ---- a point's folder ------------------------------------------------------------------------
+def read_table(folder: Path, name: str) -> pd.DataFrame | None:
+    f = folder / f"{name}.parquet"
+    return pd.read_parquet(f) if f.exists() else None
+
+
+def read_point(folder: Path) -> tuple[dict, dict]:
+    stored = json.loads((folder / "summary.json").read_text())
+    return stored["point"], stored["summary"]
