@@ -28,9 +28,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from thundersim.engine_adapters.tokens import TokenBook
-
     from thundersim.core.backend import Backend
+    from thundersim.engine_adapters.tokens import TokenBook
 
 ENTRY_POINT_GROUP = "thundersim.engines"
 

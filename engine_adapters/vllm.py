@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable
 
 import aiohttp
+
+from thundersim.core.backend import EngineStats, Forward, Request, Usage
 from thundersim.engine_adapters.prometheus import metric_sum, parse_metrics
 from thundersim.engine_adapters.registry import register_engine
 from thundersim.engine_adapters.tokens import TokenBook
-
-from thundersim.core.backend import EngineStats, Forward, Request, Usage
 
 
 class BackendDown(RuntimeError):

@@ -23,9 +23,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from thundersim.engine_adapters.local import LocalEngines
-
 from thundersim.core.policy import PolicyOptions
+from thundersim.engine_adapters.local import LocalEngines
 from thundersim.live.calibrate import calibrate, validate
 from thundersim.traces.loader import load_trace, scale_trace
 

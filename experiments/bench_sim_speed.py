@@ -16,7 +16,6 @@ import argparse
 import time
 
 from thundersim.policies import make_policy
-
 from thundersim.sim.simulate import RunConfig, simulate
 from thundersim.traces.loader import load_trace
 

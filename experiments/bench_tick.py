@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 import simpy
-from thundersim.policies import make_policy
 
 from thundersim.core.cluster import Cluster
 from thundersim.core.policy import Policy, PolicyOptions
 from thundersim.core.program import Phase, Program, Status
+from thundersim.policies import make_policy
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.driver import SimClock
 from thundersim.sim.engine import SimBackend

@@ -21,9 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from thundersim.policies import make_policy
 
 from thundersim.core.policy import PolicyOptions
+from thundersim.policies import make_policy
 from thundersim.sim.simulate import RunConfig, simulate
 from thundersim.traces.workloads import swe
 

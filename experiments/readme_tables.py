@@ -31,7 +31,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from thundersim.lab.readings import format_value  # noqa: E402
+from thundersim.lab.formats import format_value  # noqa: E402
 
 README = ROOT / "README.md"
 

@@ -37,8 +37,6 @@ express, so this port stands in for it with FIFO admission of programs whose con
 
 from __future__ import annotations
 
-from thundersim.policies.registry import register
-
 from thundersim.core.policy import (
     ClusterView,
     Decision,
@@ -50,6 +48,7 @@ from thundersim.core.policy import (
     most_room,
 )
 from thundersim.core.program import ProgramView, Status
+from thundersim.policies.registry import register
 
 
 @register

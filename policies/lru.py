@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from thundersim.policies.registry import register
-
 from thundersim.core.policy import (
     ClusterView,
     Decision,
@@ -15,6 +13,7 @@ from thundersim.core.policy import (
     most_room,
 )
 from thundersim.core.program import Phase, ProgramView, Status
+from thundersim.policies.registry import register
 
 
 @register

@@ -45,7 +45,7 @@ def register(cls: type[Policy]) -> type[Policy]:
     if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
         raise ValueError(f"policy name {cls.name!r} registered twice")
     REGISTRY[cls.name] = cls
-    for alias in getattr(cls, "aliases", ()):
+    for alias in cls.aliases:
         ALIASES[alias] = cls.name
     return cls
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import math
 
-from thundersim.policies.registry import register
-
 from thundersim.core.policy import (
     ClusterView,
     DecayKind,
@@ -36,6 +34,7 @@ from thundersim.core.policy import (
     parse_decay,
 )
 from thundersim.core.program import Phase, ProgramView, Status
+from thundersim.policies.registry import register
 
 
 @register

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
-from thundersim.policies.registry import register
-from thundersim.policies.stp import STP
 
 from thundersim.core.program import Phase, ProgramView
+from thundersim.policies.registry import register
+from thundersim.policies.stp import STP
 
 
 def min_square_cover(sizes: list[float], need: float) -> list[int]:

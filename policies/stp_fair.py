@@ -9,11 +9,10 @@ programs: the room it needs is reserved for it. Everything else is the paper's S
 
 from __future__ import annotations
 
-from thundersim.policies.registry import register
-from thundersim.policies.stp import STP
-
 from thundersim.core.policy import ClusterView, Decision, PolicyOptions
 from thundersim.core.program import ProgramView, Status
+from thundersim.policies.registry import register
+from thundersim.policies.stp import STP
 
 
 @register

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import bisect
 
-from thundersim.policies.registry import register
-from thundersim.policies.stp import STP
-
 from thundersim.core.policy import ClusterView, Decision, PolicyOptions
 from thundersim.core.program import ProgramView
+from thundersim.policies.registry import register
+from thundersim.policies.stp import STP
 
 
 @register

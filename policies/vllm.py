@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from thundersim.policies.registry import make_router, register
-
 from thundersim.core.policy import ClusterView, Decision, Policy, Restore, Route
 from thundersim.core.program import ProgramView, Status
+from thundersim.policies.registry import make_router, register
 
 
 @register

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 from hypothesis import settings
-from thundersim.policies import make_policy
 
 from thundersim.core.policy import PolicyOptions
 from thundersim.metrics.results import RunResult
+from thundersim.policies import make_policy
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.simulate import RunConfig, simulate
 from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec

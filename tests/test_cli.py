@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from thundersim.policies import registry
 from typer.testing import CliRunner
 
 from thundersim.cli import app
+from thundersim.policies import registry
 from thundersim.sim.catalog import GPUS
 from thundersim.traces.loader import load_trace
 

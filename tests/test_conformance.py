@@ -28,12 +28,12 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from thundersim.policies import make_policy, names, router_names
-from thundersim.policies.registry import ALIASES, REGISTRY, ROUTERS, describe, discover
 
 from thundersim.core.policy import Pause, Pin, PolicyOptions, Restore, Route, Router
 from thundersim.core.program import Status
 from thundersim.metrics.results import RunResult
+from thundersim.policies import make_policy, names, router_names
+from thundersim.policies.registry import ALIASES, REGISTRY, ROUTERS, describe, discover
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.simulate import RunConfig, simulate
 

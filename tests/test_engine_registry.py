@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 import simpy
-from thundersim.engine_adapters import registry
-from thundersim.engine_adapters.tokens import TokenBook
-from thundersim.engine_adapters.vllm import VLLMBackend
 from typer.testing import CliRunner
 
 from thundersim.cli import app
 from thundersim.cli.app import engine_choices
 from thundersim.core.backend import Backend
+from thundersim.engine_adapters import registry
+from thundersim.engine_adapters.tokens import TokenBook
+from thundersim.engine_adapters.vllm import VLLMBackend
 from thundersim.sim.engine import SimBackend
 from thundersim.sim.latency import LatencyModel, LatencyProfile
 from thundersim.traces.loader import load_trace

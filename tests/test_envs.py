@@ -15,11 +15,11 @@ import pytest
 import simpy
 from hypothesis import given
 from hypothesis import strategies as st
-from thundersim.engine_adapters.sandbox import LocalSandbox, docker_available
-from thundersim.policies import make_policy
 
 from thundersim.core.envs import EnvLimits, EnvManager, ToolManagerMode
 from thundersim.core.policy import Policy, PolicyOptions
+from thundersim.engine_adapters.sandbox import LocalSandbox, docker_available
+from thundersim.policies import make_policy
 from thundersim.sim.driver import SimClock
 from thundersim.sim.sandbox import PREP_REF_K, SimSandbox, contended_prep, prep_seconds
 from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec

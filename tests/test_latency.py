@@ -480,9 +480,8 @@ def _legacy_decode_run_time(self, n, ctx0, k):
 
 
 def _run(specs, profile=None, skip_ahead=True):
-    from thundersim.policies import make_policy
-
     from thundersim.core.policy import PolicyOptions
+    from thundersim.policies import make_policy
     from thundersim.sim.simulate import RunConfig, simulate
 
     config = RunConfig(

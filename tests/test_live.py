@@ -7,13 +7,13 @@ import asyncio
 import json
 
 import pytest
+
+from thundersim.core.policy import PolicyOptions
 from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
 from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.engine_adapters.vllm import VLLMBackend
-from thundersim.policies import make_policy
-
-from thundersim.core.policy import PolicyOptions
 from thundersim.live.driver import run_live, write_live_log
+from thundersim.policies import make_policy
 from thundersim.traces.converters import CONVERTERS
 
 from .conftest import make_program

@@ -20,9 +20,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from thundersim.policies import registry
 
 from thundersim.core.policy import Policy, Router
+from thundersim.policies import registry
 from thundersim.traces.loader import dump_trace
 
 from .conftest import make_program

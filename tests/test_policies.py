@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from thundersim.policies import make_policy, names
 
 from thundersim.core.policy import BackendView, ClusterView, Pause, PolicyOptions, Restore, Route
 from thundersim.core.program import Phase, Program, Status
+from thundersim.policies import make_policy, names
 
 from .conftest import make_program
 

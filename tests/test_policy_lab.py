@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from thundersim.policies import make_policy, make_router, router_names
-from thundersim.policies.stp_exact import min_square_cover
 
 import thundersim.sim.simulate as simulate_module
 from thundersim.core.policy import BackendView, ClusterView, Pause, Pin, PolicyOptions, Restore
 from thundersim.core.program import Phase, Program, Status
+from thundersim.policies import make_policy, make_router, router_names
+from thundersim.policies.stp_exact import min_square_cover
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.simulate import RunConfig, simulate
 from thundersim.traces.schema import EnvSpec, ProgramSpec, StepSpec

@@ -16,9 +16,9 @@ import json
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from thundersim.policies import names
 
 from thundersim.metrics.recorder import KV_CATEGORIES
+from thundersim.policies import names
 
 from .conftest import make_program, run_sim
 

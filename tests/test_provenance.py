@@ -157,9 +157,8 @@ def test_router_weights_cite_the_published_systems_and_prefetch_sizing_is_named(
     launcher), each cited; the tool manager's prefetch cap and rate window are named estimates
     that EnvManager really uses."""
     entries, _ = scanned
-    from thundersim.policies.routers import cache_aware, least_loaded
-
     from thundersim.core import envs
+    from thundersim.policies.routers import cache_aware, least_loaded
 
     weight = by_name(entries, "thundersim.policies.routers.least_loaded.WAITING_WEIGHT")
     assert weight.cls == "spec" and "waiting * 4 + running" in weight.source

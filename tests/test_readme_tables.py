@@ -8,8 +8,9 @@ import importlib.util
 import re
 import subprocess
 import sys
+from pathlib import Path
 
-from thundersim.lab.sweep import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 _spec = importlib.util.spec_from_file_location(
     "readme_tables", ROOT / "experiments" / "readme_tables.py"

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from thundersim.engine_adapters.local import LocalEngines
 
+from thundersim.engine_adapters.local import LocalEngines
 from thundersim.live.requests import BadRequest, estimate_prompt_tokens, parse_call
 
 from .conftest import StubBackend
@@ -302,10 +302,10 @@ class _HeldBackend(StubBackend):
 
 def test_a_program_has_one_call_at_a_time_and_a_released_id_is_not_reused():
     from aiohttp import web
-    from thundersim.policies import make_policy
 
     from thundersim.core.policy import PolicyOptions
     from thundersim.live.serve import Proxy, ServeConfig
+    from thundersim.policies import make_policy
 
     async def main():
         backend = _HeldBackend()

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from thundersim.policies import make_policy
 
+from thundersim.policies import make_policy
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.simulate import RunConfig, simulate
 

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
-from thundersim.policies import make_policy
 
 import thundersim.sim.simulate as simulate_module
 from thundersim.core.policy import PolicyOptions
 from thundersim.metrics.recorder import KV_CATEGORIES, MEMORY_COLUMNS, STP_TERMS, Recorder
+from thundersim.policies import make_policy
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.latency import LatencyProfile
 from thundersim.sim.simulate import RunConfig, simulate

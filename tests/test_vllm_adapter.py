@@ -8,10 +8,10 @@ import json
 
 import pytest
 from aiohttp import web
-from thundersim.engine_adapters.tokens import TokenBook
-from thundersim.engine_adapters.vllm import VLLMBackend
 
 from thundersim.core.backend import Request
+from thundersim.engine_adapters.tokens import TokenBook
+from thundersim.engine_adapters.vllm import VLLMBackend
 
 CHUNK = json.dumps({"choices": [{"index": 0, "text": "", "token_ids": [7]}]}).encode()
 

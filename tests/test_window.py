@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from thundersim.policies.vllm import VLLM
 
 from thundersim.core.policy import PolicyOptions, Restore
 from thundersim.core.program import Status
@@ -18,6 +17,7 @@ from thundersim.metrics.window import (
     default_warmup,
     measure,
 )
+from thundersim.policies.vllm import VLLM
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.simulate import RunConfig, simulate
 

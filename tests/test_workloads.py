@@ -25,8 +25,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from thundersim.policies import names as policy_names
 
+from thundersim.policies import names as policy_names
 from thundersim.traces.loader import dump_trace, load_trace
 from thundersim.traces.workloads import GENERATORS, openhands, rollout, science, swe, toolorchestra
 

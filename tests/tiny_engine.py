@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from thundersim.engine_adapters.tokens import TokenBook
-
 from thundersim.core.backend import EngineStats, Request, Usage
+from thundersim.engine_adapters.tokens import TokenBook
 
 CAPACITY_TOKENS = 200_000  # provenance: definition — above the test traces' largest context
 # A call of 1,000 tokens takes 2 ms: the tests run in about a second.

@@ -14,10 +14,9 @@ what the engine still caches.
 
 from __future__ import annotations
 
-from thundersim.policies.registry import register_router
-
 from thundersim.core.policy import ClusterView, Router
 from thundersim.core.program import ProgramView
+from thundersim.policies.registry import register_router
 
 # The defaults sgl-router's launcher published while RouterArgs lived in launch_router.py (what
 # `python -m sglang_router.launch_router` started with unless told otherwise). Later releases

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from thundersim.policies.registry import register_router
-
 from thundersim.core.policy import BackendView, ClusterView, Router
 from thundersim.core.program import ProgramView
+from thundersim.policies.registry import register_router
 
 # vLLM's internal DP load balancer scores an engine by 4 x waiting + running requests (the weight
 # of 4 makes a queued request count as more load than a running one).

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from thundersim.policies.registry import register_router
-
 from thundersim.core.policy import ClusterView, Router
 from thundersim.core.program import ProgramView
+from thundersim.policies.registry import register_router
 
 
 @register_router

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from thundersim.policies.registry import register_router
-from thundersim.policies.routers.least_loaded import load
-
 from thundersim.core.policy import ClusterView, Router
 from thundersim.core.program import ProgramView
+from thundersim.policies.registry import register_router
+from thundersim.policies.routers.least_loaded import load
 
 
 @register_router

@@ -28,6 +28,7 @@ from thundersim.core.policy import PolicyOptions, parse_params
 from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
 from thundersim.engine_adapters.registry import make_backends
 from thundersim.engine_adapters.tokens import TokenBook
+from thundersim.lab.data import find
 from thundersim.live.calibrate import calibrate, validate
 from thundersim.policies import registry
 from thundersim.sim.latency import LatencyProfile
@@ -101,7 +102,7 @@ def validate_cmd(
     try:
         url = urls_of(backends, engine)[0]
         profile = LatencyProfile.load(latency_profile)
-        specs = scale_trace(load_trace(trace)[:programs], token_scale, time_scale)
+        specs = scale_trace(load_trace(find(trace, "trace"))[:programs], token_scale, time_scale)
         options = PolicyOptions(tick_interval=dt, decay="none")
         records = validate(url, specs, profile, concurrency, options, engine=engine)
     except (ValueError, TraceError, RuntimeError) as exc:

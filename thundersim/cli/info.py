@@ -45,12 +45,20 @@ def list_policies() -> None:
     """List the registered policies (with their parameters) and routers."""
     for name in registry.names():
         cls = registry.REGISTRY[name]
-        aliases = getattr(cls, "aliases", ())
-        typer.echo(f"{name:12s} {registry.describe(cls)}")
+        aliases = cls.aliases
+        typer.echo(f"{name:12s} {registry.describe(cls)}{_origin(cls)}")
         if aliases:
             typer.echo(f"{'':12s}   alias: {', '.join(aliases)}")
         for key, default in cls.params.items():
             typer.echo(f"{'':12s}   --param {key}={default:g}")
     typer.echo("\nrouters (--router, for request-level placement across replicas):")
     for name in registry.router_names():
-        typer.echo(f"{name:12s} {registry.describe(registry.ROUTERS[name])}")
+        cls = registry.ROUTERS[name]
+        typer.echo(f"{name:12s} {registry.describe(cls)}{_origin(cls)}")
+
+
+def _origin(cls: type) -> str:
+    """Where an out-of-tree policy or router comes from (its distribution); nothing for the
+    built-in ones."""
+    origin = registry.origin(cls)
+    return "" if origin == "built-in" else f"  [{origin}]"

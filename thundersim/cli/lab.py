@@ -37,6 +37,7 @@ from thundersim.cli.app import (
     warmup_or_default,
 )
 from thundersim.lab.compare import grid, run_grid
+from thundersim.lab.data import find
 from thundersim.policies import registry
 from thundersim.sim.simulate import build_run, check_fits
 from thundersim.traces.loader import load_trace
@@ -97,7 +98,7 @@ def compare(
         for name in names:  # fail on a bad name or parameter before starting any process
             for r in router_list:
                 registry.make_policy(name, replace(options, router=r))
-        specs = load_trace(trace)
+        specs = load_trace(find(trace, "trace"))
         check_fits(specs, config)
     except (ValueError, TraceError) as exc:
         fail(str(exc))
@@ -202,7 +203,7 @@ def figures(
 
     try:
         from thundersim.lab.figures import SIM_KINDS
-        from thundersim.lab.sweep import point_key
+        from thundersim.lab.points import point_key
 
         total = len(  # distinct points: specs that share one run it once
             {

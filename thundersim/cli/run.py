@@ -44,6 +44,7 @@ from thundersim.engine_adapters.local import TINY_VOCAB
 from thundersim.engine_adapters.registry import make_backends
 from thundersim.engine_adapters.sandbox import DockerSandbox, LocalSandbox
 from thundersim.engine_adapters.tokens import TokenBook
+from thundersim.lab.data import find
 from thundersim.live.driver import run_live, write_live_log
 from thundersim.metrics.window import describe
 from thundersim.policies import registry
@@ -144,7 +145,7 @@ def run(
             env_port_limit=env_ports or None,
         )
         pol = registry.make_policy(policy, options)
-        specs = load_trace(trace)
+        specs = load_trace(find(trace, "trace"))
     except (ValueError, TraceError) as exc:
         fail(str(exc))
     live = None

@@ -125,6 +125,7 @@ class Policy:
     # Policy-specific parameters (`--param key=value`) with their defaults; anything else given
     # is refused with this list.
     params: ClassVar[dict[str, float]] = {}
+    aliases: ClassVar[tuple[str, ...]] = ()  # other names `--policy` accepts for it
 
     def __init__(self, options: PolicyOptions | None = None):
         self.options = options or PolicyOptions()
