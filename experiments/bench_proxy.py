@@ -132,22 +132,9 @@ async def drive(engine, proxy, programs, calls, tool_s, seed, prompt_len):
     return lat_d, lat_p, wall
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", choices=["stub", "vllm"], default="stub")
-    ap.add_argument("--policy", default="stp")
-    ap.add_argument("--programs", type=int, default=50)
-    ap.add_argument("--calls", type=int, default=20)
-    ap.add_argument("--tool-s", type=float, default=0.5, help="mean tool wait between calls")
-    ap.add_argument("--prompt", type=int, default=512, help="first prompt's tokens")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--stub-engine", type=int, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.stub_engine:
-        stub_engine(args.stub_engine)
-        return
-
+def _measure(args) -> tuple[list[float], list[float], float]:
+    """Start the engine (stub or a local vLLM) and the proxy, drive both; latencies direct and
+    through the proxy, and the wall time. Everything started is stopped, however it ends."""
     procs: list[subprocess.Popen] = []
     engines = None
     try:
@@ -162,24 +149,16 @@ def main() -> None:
             engine_url = engines.start()[0].url
         proxy_url = "http://127.0.0.1:8392"
         exe = Path(sys.executable).parent / "thundersim"
+        serve = [str(exe), "serve", "--backends", engine_url, "--port", "8392"]
         procs.append(
             subprocess.Popen(
-                [
-                    str(exe),
-                    "serve",
-                    "--backends",
-                    engine_url,
-                    "--port",
-                    "8392",
-                    "--policy",
-                    args.policy,
-                ],
+                serve + ["--policy", args.policy],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
         wait_up(proxy_url, procs[-1])
-        lat_d, lat_p, wall = asyncio.run(
+        return asyncio.run(
             drive(
                 engine_url,
                 proxy_url,
@@ -197,26 +176,43 @@ def main() -> None:
         if engines is not None:
             engines.stop()
 
-    def ms(xs, q):
-        return (
-            1000 * statistics.quantiles(xs, n=100)[q - 1]
-            if q != 50
-            else 1000 * statistics.median(xs)
-        )
 
-    out = {
+def _ms(xs: list[float], q: int) -> float:
+    return 1000 * (statistics.median(xs) if q == 50 else statistics.quantiles(xs, n=100)[q - 1])
+
+
+def _figures(args, lat_d: list[float], lat_p: list[float], wall: float) -> dict:
+    return {
         "engine": args.engine,
         "policy": args.policy,
         "programs": args.programs,
         "requests": len(lat_d) + len(lat_p),
         "req_per_s": (len(lat_d) + len(lat_p)) / wall,
-        "direct_p50_ms": ms(lat_d, 50),
-        "proxy_p50_ms": ms(lat_p, 50),
-        "direct_p90_ms": ms(lat_d, 90),
-        "proxy_p90_ms": ms(lat_p, 90),
-        "added_p50_ms": ms(lat_p, 50) - ms(lat_d, 50),
-        "ratio_p50": ms(lat_p, 50) / ms(lat_d, 50),
+        "direct_p50_ms": _ms(lat_d, 50),
+        "proxy_p50_ms": _ms(lat_p, 50),
+        "direct_p90_ms": _ms(lat_d, 90),
+        "proxy_p90_ms": _ms(lat_p, 90),
+        "added_p50_ms": _ms(lat_p, 50) - _ms(lat_d, 50),
+        "ratio_p50": _ms(lat_p, 50) / _ms(lat_d, 50),
     }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--engine", choices=["stub", "vllm"], default="stub")
+    ap.add_argument("--policy", default="stp")
+    ap.add_argument("--programs", type=int, default=50)
+    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--tool-s", type=float, default=0.5, help="mean tool wait between calls")
+    ap.add_argument("--prompt", type=int, default=512, help="first prompt's tokens")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--stub-engine", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.stub_engine:
+        stub_engine(args.stub_engine)
+        return
+    out = _figures(args, *_measure(args))
     if args.json:
         print(json.dumps(out))
         return

@@ -646,3 +646,24 @@ def test_a_decoding_request_holds_what_its_tokens_fill_and_settles_it_when_it_st
     kv.settle_decode(r)
     assert not r.is_decoding and (r.num_output_tokens, kv.num_blocks(r)) == (9, 5)
     assert group.count == 0 and group.context_tokens() == 0
+
+
+def test_a_request_that_leaves_and_rejoins_the_decode_group_finishes_once():
+    """Preempted and re-admitted with the same finish iteration, a request has two equal
+    entries in the group's finish queue; it must come out of pop_finished once (a property
+    run under continuum found it removed twice)."""
+    from thundersim.sim.decoding import DecodeGroup
+
+    group = DecodeGroup(B)
+    r = engine_request("r", 10, output=3)
+    r.start_at(0)
+    r.num_scheduled_tokens = 10
+    r.compute_scheduled()
+    r.append_output_token()
+    group.add(r)
+    group.remove(r)  # left (preempted) ...
+    group.add(r)  # ... and back in the same iteration: the same finish, a second entry
+    group.iteration += 2  # its 3rd output token is the last
+    assert group.pop_finished() == [r]
+    group.remove(r)
+    assert group.count == 0 and group.pop_finished() == []

@@ -184,6 +184,9 @@ class _RecordingSandbox:
     def teardown(self, handle):
         pass
 
+    def close(self):
+        pass
+
     async def run_tool(self, handle, tool, seconds):
         self.runs.append((handle, tool, seconds))
         await asyncio.sleep(seconds)

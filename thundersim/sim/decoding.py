@@ -87,9 +87,11 @@ class DecodeGroup:
         """The members whose last token the clock has reached, in finish order (still in the
         group: the caller removes them)."""
         queue = self._finish_queue
-        done = []
+        done: dict[int, EngineRequest] = {}
         while queue and queue[0][0] <= self.iteration:
             finish, request_id, req = heapq.heappop(queue)
+            # a request that left and rejoined with the same finish iteration (preempted and
+            # re-admitted meanwhile) has two equal entries: it finishes once
             if self._finish_at.get(request_id) == finish:
-                done.append(req)
-        return done
+                done[request_id] = req
+        return list(done.values())
