@@ -150,6 +150,7 @@ class VLLMBackend:
         base = self._base
         return EngineStats(
             capacity_tokens=self.capacity_tokens,
+            block_size=self.block_size,
             used_tokens=int(metric_sum(m, "vllm:kv_cache_usage_perc") * self.capacity_tokens),
             running=int(metric_sum(m, "vllm:num_requests_running")),
             waiting=int(metric_sum(m, "vllm:num_requests_waiting")),
@@ -164,7 +165,6 @@ class VLLMBackend:
                 "unpins_ignored": self.unpins_ignored,
                 "iterations": 0,
                 "rejected_calls": self.rejected_calls,
-                "block_size": self.block_size,  # the KV pool's granularity (cache_config_info)
             },
         )
 

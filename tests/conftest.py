@@ -117,7 +117,7 @@ class StubBackend:
 
         self.index, self.name, self.alive, self.model = 0, name, True, f"{name}-model"
         self.capacity_tokens = capacity_tokens
-        self._stats = EngineStats(capacity_tokens=capacity_tokens, used_tokens=0)
+        self._stats = EngineStats(capacity_tokens=capacity_tokens, block_size=16, used_tokens=0)
 
     def submit(self, req, on_done, on_failure):
         raise NotImplementedError  # each test that uses it says how its calls are answered

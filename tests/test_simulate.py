@@ -117,7 +117,7 @@ class _AnswersAtOnce:
     def stats(self):
         from thundersim.core.backend import EngineStats
 
-        return EngineStats(capacity_tokens=self.capacity_tokens, used_tokens=0)
+        return EngineStats(capacity_tokens=self.capacity_tokens, block_size=16, used_tokens=0)
 
     def pin(self, program_id, ttl_s):
         pass

@@ -110,4 +110,4 @@ def test_pins_and_unpins_are_counted_and_ignored_and_stats_carry_the_block_size(
     assert model == "fake" and stats.capacity_tokens == 16 * 64
     assert stats.extra["pins"] == 0  # nothing is pinned on a stock vLLM
     assert stats.extra["pins_ignored"] == 1 and stats.extra["unpins_ignored"] == 2
-    assert stats.extra["block_size"] == 16
+    assert stats.block_size == 16

@@ -83,6 +83,7 @@ class TinyBackend:
         c = self._counts
         return EngineStats(
             capacity_tokens=CAPACITY_TOKENS,
+            block_size=BLOCK_SIZE,
             used_tokens=0,
             cached_tokens=sum(self._cached.values()),
             running=len(self._pending),
@@ -90,7 +91,7 @@ class TinyBackend:
             prefix_hits=c["hits"],
             prompt_tokens=c["prompt"],
             generation_tokens=c["generation"],
-            extra={"block_size": BLOCK_SIZE, "pins": self.pins},
+            extra={"pins": self.pins},
         )
 
     def pin(self, program_id: str, ttl_s: float) -> None:

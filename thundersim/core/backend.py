@@ -84,6 +84,7 @@ class EngineStats:
     """Engine-wide counters and gauges, named after vLLM's Prometheus metrics."""
 
     capacity_tokens: int
+    block_size: int  # the KV pool's granularity (vllm:cache_config_info block_size)
     used_tokens: int  # KV held by running requests (vllm:kv_cache_usage_perc x capacity)
     cached_tokens: int = 0  # KV of finished requests still cached (evictable)
     running: int = 0

@@ -328,13 +328,13 @@ async def _live_summary(url, specs, policy, concurrency, options, engine) -> tup
     await backend.connect()
     try:
         result = await run_live(specs, make_policy(policy, options), [backend], concurrency)
-        block = backend.stats().extra.get("block_size")
-        if not block:
+        block = backend.stats().block_size
+        if block < 1:
             raise ValueError(
-                f"engine {engine!r} at {url} reports no KV block size "
-                "(EngineStats.extra['block_size']): validate cannot size the simulated replica"
+                f"engine {engine!r} at {url} reports KV block size {block}: validate cannot "
+                "size the simulated replica"
             )
-        return result.summary, backend.capacity_tokens, int(block)
+        return result.summary, backend.capacity_tokens, block
     finally:
         await backend.close()
 

@@ -42,6 +42,7 @@ def engine_stats(
     pool = kv.pool
     return EngineStats(
         capacity_tokens=kv.capacity_tokens,
+        block_size=B,
         used_tokens=pool.used * B,
         cached_tokens=pool.cached_free * B,
         running=running,
