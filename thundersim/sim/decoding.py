@@ -71,6 +71,10 @@ class DecodeGroup:
         if iterations <= 0 or self.count == 0:
             return 0
         B = self.block_size
+        if iterations == 1:
+            # the common question (can the next iteration run?): only members whose last block
+            # is full need one, those at phase (-iteration) mod B
+            return self._phase_counts[-self.iteration % B]
         total = 0
         for phase, members in enumerate(self._phase_counts):
             if members:
