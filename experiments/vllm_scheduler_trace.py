@@ -49,6 +49,7 @@ vLLM 0.32 scheduler defaults this keeps (paths relative to site-packages/vllm):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -76,23 +77,16 @@ def fake_token(request_id: str, index: int) -> int:
 
 def tiny_model_dir(max_model_len: int) -> str:
     """A model directory with only config.json, for ModelConfig: the live tests' tiny Llama
-    (engine_adapters/local.py) with room for max_model_len positions."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    try:
-        from engine_adapters.local import TINY_LLAMA
-
-        config = dict(TINY_LLAMA)
-    except ImportError:
-        config = {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "vocab_size": VOCAB,
-        }
+    (engine_adapters/local.py) with room for max_model_len positions. That module is loaded
+    from the checkout by its path: this script runs in vLLM's venv, where thundersim is not
+    installed (and `import engine_adapters` would be the checkout folder as a top-level
+    package, which tests/test_architecture.py refuses)."""
+    path = Path(__file__).resolve().parents[1] / "engine_adapters" / "local.py"
+    spec = importlib.util.spec_from_file_location("_thundersim_local_engines", path)
+    local = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = local  # its dataclasses look their module up while being made
+    spec.loader.exec_module(local)
+    config = dict(local.TINY_LLAMA)
     config["max_position_embeddings"] = max(max_model_len, config.get("max_position_embeddings", 0))
     folder = Path(tempfile.mkdtemp(prefix="vllm_trace_model_"))
     (folder / "config.json").write_text(json.dumps(config))
