@@ -12,7 +12,7 @@ from thundersim.policies import make_policy
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.simulate import RunConfig, simulate
 
-from .conftest import make_program, run_sim
+from .conftest import StubBackend, make_program, run_sim
 
 
 def test_closed_loop_never_exceeds_the_concurrency(small_trace):
@@ -101,11 +101,10 @@ def test_policy_name_in_summary_and_whole_run_throughput(small_trace):
 
 
 # ---- one lifecycle, two clocks ------------------------------------------------------------------
-class _AnswersAtOnce:
-    """A live-style replica: the full Backend protocol, every call answered on the event loop's
-    next turn (what the lifecycle does is under test, not an engine)."""
-
-    index, name, model, alive, capacity_tokens = 0, "instant", "instant-model", True, 1_000_000
+class _AnswersAtOnce(StubBackend):
+    """A live-style replica (the rest of the Backend protocol from StubBackend): every call
+    answered on the event loop's next turn (what the lifecycle does is under test, not an
+    engine)."""
 
     def submit(self, request, on_done, on_failure):
         from thundersim.core.backend import Usage
@@ -113,26 +112,6 @@ class _AnswersAtOnce:
         t = request.submit_time
         usage = Usage(request.prompt_tokens, 0, request.output_tokens, 0, 0, t, t, t, t)
         asyncio.get_running_loop().call_soon(on_done, usage)
-
-    def stats(self):
-        from thundersim.core.backend import EngineStats
-
-        return EngineStats(capacity_tokens=self.capacity_tokens, block_size=16, used_tokens=0)
-
-    def pin(self, program_id, ttl_s):
-        pass
-
-    def unpin(self, program_id):
-        pass
-
-    async def connect(self):
-        pass
-
-    async def refresh(self):
-        pass
-
-    async def close(self):
-        pass
 
 
 def _three_programs():
@@ -155,7 +134,9 @@ def test_the_same_lifecycle_runs_on_both_clocks():
         make_policy("vllm"),
         RunConfig(setup=make_setup(kv_capacity_override=50_000), concurrency=2, tool_manager=None),
     )
-    live = asyncio.run(run_live(specs, make_policy("vllm"), [_AnswersAtOnce()], 2, sample_dt=0.05))
+    live = asyncio.run(
+        run_live(specs, make_policy("vllm"), [_AnswersAtOnce("instant")], 2, sample_dt=0.05)
+    )
     for res in (sim, live):
         assert res.summary["programs_completed"] == 3
         assert sorted(zip(res.steps.program, res.steps.step, strict=True)) == sorted(
@@ -200,7 +181,14 @@ def test_a_live_tool_call_runs_in_its_programs_sandbox():
     specs = _three_programs()
     box = _RecordingSandbox()
     res = asyncio.run(
-        run_live(specs, make_policy("vllm"), [_AnswersAtOnce()], 2, sandbox=box, tool_manager="gc")
+        run_live(
+            specs,
+            make_policy("vllm"),
+            [_AnswersAtOnce("instant")],
+            2,
+            sandbox=box,
+            tool_manager="gc",
+        )
     )
     assert res.summary["programs_completed"] == 3
     by_box: dict[str, list[float]] = {}
