@@ -33,19 +33,26 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
+def read_text(path: str | Path) -> str:
+    """A trace or agent log as text; a file that cannot be read is a TraceError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TraceError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def load_trace(path: str | Path) -> list[ProgramSpec]:
     """Read and validate a whole trace, all or nothing.
 
     Raises TraceError on the first bad line; blank lines and ``#`` comments are skipped.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TraceError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise TraceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise TraceError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_text(path)
 
     programs: list[ProgramSpec] = []
     first_line: dict[str, int] = {}  # program id -> line that defined it

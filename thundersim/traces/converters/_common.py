@@ -19,6 +19,7 @@ from json import scanner as _jscanner
 from pathlib import Path
 from typing import Any
 
+from thundersim.traces.loader import read_text
 from thundersim.traces.schema import StepSpec, TraceError, _fail, _int, _json_type, _seconds, _str
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "message_text",
     "prefix_id_for",
     "read_jsonl",
-    "read_text",
     "reconstruct_inputs",
     "where",
 ]
@@ -72,19 +72,6 @@ def where(path: Path | str, obj: Any = None, line: int | None = None) -> str:
     if line is None:
         line = getattr(obj, "line", 1)
     return f"{path}:{line}"
-
-
-def read_text(path: Path) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TraceError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TraceError(f"{path}: is a directory, not a file") from None
-    except UnicodeDecodeError as e:
-        raise TraceError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise TraceError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def load_json(path: Path) -> Any:
