@@ -498,9 +498,9 @@ def _run(specs, profile=None, skip_ahead=True):
 
 
 def _same_run(a, b) -> None:
-    """Bit for bit: the summaries' JSON (less the run's wall-clock time and the speed from it)
-    and every table."""
-    wall = ("wall_s", "sim_speed")
+    """Bit for bit: the summaries' JSON (less the run's wall-clock time and the speed from it,
+    and the record of how the step-time model was chosen) and every table."""
+    wall = ("wall_s", "sim_speed", "step_time")
 
     def simulated(summary):
         return json.dumps({k: v for k, v in summary.items() if k not in wall}, sort_keys=True)

@@ -64,6 +64,12 @@ PARAM_OPT = typer.Option(
     None, "--param", help="Policy parameter key=value (repeatable; see `thundersim policies`)."
 )
 PROFILE_OPT = typer.Option(None, help="Calibrated latency profile (JSON) instead of the roofline.")
+STEP_TIME_OPT = typer.Option(
+    "auto",
+    "--step-time",
+    help="Step-time backend: auto (the setup's default: measured where aiconfigurator-core "
+    "models it, else the roofline), measured, or roofline. A --latency-profile wins over it.",
+)
 JSON_OPT = typer.Option(False, "--json", help="Print JSON only on stdout.")
 
 SIM_ENGINE = "sim"  # `run --engine sim`: the simulator instead of a live engine

@@ -27,6 +27,7 @@ from thundersim.cli.app import (
     REDUCED_OPT,
     REPLICAS_OPT,
     SEED_OPT,
+    STEP_TIME_OPT,
     TP_OPT,
     TRACE_OPT,
     WARMUP_OPT,
@@ -64,6 +65,7 @@ def compare(
     dt: float = DT_OPT,
     decay: str = DECAY_OPT,
     latency_profile: Path | None = PROFILE_OPT,
+    step_time: str = STEP_TIME_OPT,
     workers: int = typer.Option(0, help="Parallel processes (0 = one per core)."),
     out: Path = typer.Option(
         Path("runs/compare"), help="Write compare.csv and compare.parquet here."
@@ -91,6 +93,7 @@ def compare(
             kv_dtype=kv_dtype,
             kv_tokens=kv_tokens,
             latency_profile=latency_profile,
+            step_time=step_time,
             replicas=replicas,
             horizon_s=horizon or None,
             warmup_s=warmup_or_default(horizon, warmup),

@@ -29,6 +29,7 @@ from thundersim.cli.app import (
     RUN_ENGINE_OPT,
     SEED_OPT,
     SIM_ENGINE,
+    STEP_TIME_OPT,
     TP_OPT,
     TRACE_OPT,
     WARMUP_OPT,
@@ -89,6 +90,7 @@ def run(
     ),
     sample_dt: float = typer.Option(1.0, help="Seconds between memory / cost samples."),
     latency_profile: Path | None = PROFILE_OPT,
+    step_time: str = STEP_TIME_OPT,
     out: Path | None = typer.Option(
         None, help="Write steps/programs/memory Parquet + summary.json here."
     ),
@@ -132,6 +134,7 @@ def run(
             kv_dtype=kv_dtype,
             kv_tokens=kv_tokens,
             latency_profile=latency_profile,
+            step_time=step_time,
             replicas=replicas,
             concurrency=concurrency or None,
             horizon_s=horizon or None,

@@ -20,8 +20,9 @@ MiB = 1024**2  # provenance: definition — IEC mebibyte (nvidia-smi's "MiB")
 GB = 1000**3  # provenance: definition — SI gigabyte (datasheets' "GB")
 
 # provenance: spec — bytes per element of each number format (IEEE 754 fp32/fp16, bfloat16, OCP FP8,
-# int8, int4)
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+# int8, int4; OCP Microscaling MXFP4: a 4-bit E2M1 element plus one 8-bit E8M0 scale per block of
+# 32, 4.25 bits, the format gpt-oss ships its expert weights in)
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "int4": 0.5, "mxfp4": 0.53125}
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +183,58 @@ MODELS: dict[str, Model] = {
             max_context=131072,
             source="Qwen/Qwen3-235B-A22B config.json (94 layers, 64 heads, 4 KV heads, head_dim "
             "128, 128 experts, 8 per token, moe_intermediate 1536)",
+        ),
+        Model(  # provenance: spec — Qwen/Qwen3-32B config.json and model card
+            "Qwen3-32B",
+            n_layers=64,
+            hidden=5120,
+            n_heads=64,
+            n_kv_heads=8,
+            head_dim=128,
+            total_params=32.8e9,
+            active_params=32.8e9,
+            max_context=40960,
+            source="Qwen/Qwen3-32B config.json (64 layers, hidden 5120, 64 heads, 8 KV heads, "
+            "head_dim 128, intermediate 25600, max_position_embeddings 40960); 32.8B parameters "
+            "per its model card",
+        ),
+        Model(  # provenance: spec — Qwen/Qwen3-Coder-30B-A3B-Instruct config.json and model card
+            "Qwen3-Coder-30B-A3B-Instruct",
+            n_layers=48,
+            hidden=2048,
+            n_heads=32,
+            n_kv_heads=4,
+            head_dim=128,
+            total_params=30.5e9,
+            active_params=3.3e9,
+            n_experts=128,
+            experts_per_token=8,
+            # 3 x hidden x moe_intermediate(768) x 48 MoE layers (every layer is MoE)
+            expert_params=3 * 2048 * 768 * 48,
+            max_context=262144,
+            source="Qwen/Qwen3-Coder-30B-A3B-Instruct config.json (48 layers, hidden 2048, 32 "
+            "heads, 4 KV heads, head_dim 128, 128 experts, 8 per token, moe_intermediate 768, "
+            "max_position_embeddings 262144); 30.5B total / 3.3B active per its model card",
+        ),
+        Model(  # provenance: spec — openai/gpt-oss-120b config.json and model card
+            "gpt-oss-120b",
+            n_layers=36,
+            hidden=2880,
+            n_heads=64,
+            n_kv_heads=8,
+            head_dim=64,
+            total_params=116.8e9,
+            active_params=5.1e9,
+            n_experts=128,
+            experts_per_token=4,
+            # 3 x hidden x intermediate(2880) x 36 MoE layers (gate, up, down of one expert)
+            expert_params=3 * 2880 * 2880 * 36,
+            max_context=131072,
+            source="openai/gpt-oss-120b config.json (36 layers, hidden 2880, 64 heads, 8 KV "
+            "heads, head_dim 64, 128 local experts, 4 per token, intermediate 2880, "
+            "max_position_embeddings 131072; experts in MXFP4, attention in BF16; every other "
+            "layer a 128-token sliding window, which this catalog does not model: KV per token "
+            "counts all 36 layers); 116.8B total / 5.1B active per its model card",
         ),
         Model(  # provenance: spec — Qwen/Qwen3-8B config.json and model card
             "Qwen3-8B",

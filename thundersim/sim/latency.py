@@ -1,4 +1,9 @@
-"""Iteration time of one engine step: a roofline of the batch.
+"""Iteration time of one engine step: a roofline of the batch, the fallback step-time backend.
+
+Every step-time backend satisfies `StepTimeModel`. A setup's default is the measured one
+(thundersim.sim.latency_measured: aiconfigurator-core's measured vLLM operator tables) where
+that package can model it; this roofline is the fallback, and the model a calibrated profile
+(`thundersim calibrate`) runs on.
 
 One vLLM iteration runs every scheduled token through the model once. Its time is
 
@@ -31,6 +36,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from thundersim.sim.catalog import DTYPE_BYTES, Setup
 
@@ -57,6 +63,31 @@ DEFAULT_ALLREDUCE_LATENCY_S = 10e-6  # provenance: estimate — a small NCCL all
 # it is far from 0: sampling and input preparation run on the same cores as the model).
 # provenance: estimate — no per-sequence host cost beyond the step overhead; calibrate measures it
 ROOFLINE_SEQ_COST_S = 0.0
+
+
+@runtime_checkable
+class StepTimeModel(Protocol):
+    """What the engine asks of a step-time backend: the roofline's `LatencyModel` (the
+    fallback, or a calibrated profile) and the measured one (thundersim.sim.latency_measured)
+    alike. Pure functions of the batch; `backend` names the kind, `source` where it comes from.
+    """
+
+    backend: str
+    source: str
+
+    def iteration_time(self, tokens: int, pairs: float, kv_read: float, seqs: int) -> float:
+        """Seconds of one step of `seqs` sequences running `tokens` tokens that attend to
+        `pairs` (q, k) pairs and read `kv_read` cached tokens' KV."""
+        ...
+
+    def decode_run_time(self, n: int, ctx0: int, k: int) -> float:
+        """Exact total of k pure-decode steps of n sequences whose contexts sum to ctx0 at the
+        first (each grows by one per step): the sum of their iteration_time."""
+        ...
+
+    def decode_iters_done_by(self, n: int, ctx0: int, elapsed: float, k_max: int) -> int:
+        """Smallest k <= k_max with decode_run_time(n, ctx0, k) >= elapsed."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +178,16 @@ class LatencyModel:
     def __init__(self, profile: LatencyProfile):
         self.profile = profile
         self._experts_cache: dict[int, float] = {}
+
+    @property
+    def backend(self) -> str:
+        """roofline (the fallback of every setup), or calibrated (a profile measured against a
+        live engine by `thundersim calibrate`)."""
+        return "roofline" if self.profile.source.startswith("roofline") else "calibrated"
+
+    @property
+    def source(self) -> str:
+        return self.profile.source
 
     def experts_touched(self, tokens: int) -> float:
         """Expected routed experts (per layer) that a batch of `tokens` activates."""

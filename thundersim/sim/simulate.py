@@ -25,7 +25,8 @@ from thundersim.metrics.window import check_window
 from thundersim.sim.catalog import Setup, make_setup
 from thundersim.sim.driver import Driver, SimClock
 from thundersim.sim.engine import DEFAULT_BLOCK_SIZE, SimBackend, vllm_default_budget
-from thundersim.sim.latency import LatencyModel, LatencyProfile, roofline_profile
+from thundersim.sim.latency import LatencyProfile, StepTimeModel
+from thundersim.sim.latency_measured import STEP_TIME_CHOICES, StepTimeChoice, select_step_time
 from thundersim.sim.sandbox import SimSandbox
 from thundersim.traces.schema import ProgramSpec
 
@@ -69,7 +70,12 @@ class RunConfig:
     max_batched_tokens: int | None = None
     max_num_seqs: int | None = None
     sample_dt: float = 1.0  # seconds between memory / STP samples
-    latency_profile: LatencyProfile | None = None  # None: the setup's roofline
+    latency_profile: LatencyProfile | None = None  # a calibrated profile: wins over step_time
+    # Step-time backend (thundersim.sim.latency_measured.select_step_time): auto (the setup's
+    # default: measured where aiconfigurator-core models it, else the roofline) | measured |
+    # roofline. A measured backend that cannot be built falls back to the roofline, and the
+    # summary's step_time says so.
+    step_time: str = "auto"
     # The tool resource manager (thundersim.core.envs): none | gc | gc+prefetch; None = no manager
     # (each program just waits its trace prep_s, nothing is accounted).
     tool_manager: str | None = "gc+prefetch"
@@ -91,6 +97,11 @@ class RunConfig:
             object.__setattr__(self, "max_num_seqs", seqs)
         if self.block_size < 1 or self.max_batched_tokens < 1 or self.max_num_seqs < 1:
             raise ValueError("block size, token budget and max seqs must be >= 1")
+        if self.step_time not in STEP_TIME_CHOICES:
+            raise ValueError(
+                f"unknown step-time backend {self.step_time!r}; valid: "
+                f"{', '.join(STEP_TIME_CHOICES)}"
+            )
         if self.tool_manager is not None and self.tool_manager not in MODES:
             raise ValueError(
                 f"unknown tool manager {self.tool_manager!r}; valid: {', '.join(MODES)}"
@@ -131,11 +142,16 @@ def build_run(
     return options, RunConfig(setup=setup, seed=seed, latency_profile=profile, **config)
 
 
+def usable_kv_tokens(config: RunConfig) -> int:
+    """KV tokens a replica's requests can hold: the setup's pool in whole blocks
+    (num_gpu_blocks), less vLLM's null block."""
+    return (config.setup.kv_capacity_tokens // config.block_size - 1) * config.block_size
+
+
 def check_fits(programs: Sequence[ProgramSpec], config: RunConfig) -> None:
     """Refuse a trace whose calls could never run on this setup (vLLM rejects them too), before
     anything runs. The engine holds whole blocks, so its capacity is rounded down to them."""
-    blocks = config.setup.kv_capacity_tokens // config.block_size
-    limit = min(blocks * config.block_size, config.setup.model.max_context)
+    limit = min(usable_kv_tokens(config), config.setup.model.max_context)
     for p in programs:
         if p.peak_context > limit:
             raise ValueError(
@@ -144,9 +160,15 @@ def check_fits(programs: Sequence[ProgramSpec], config: RunConfig) -> None:
             )
 
 
-def _replicas(env: simpy.Environment, config: RunConfig) -> list[SimBackend]:
+def step_time_of(config: RunConfig) -> StepTimeChoice:
+    """The run's step-time model: a calibrated profile, else config.step_time."""
+    return select_step_time(config.setup, config.latency_profile, config.step_time)
+
+
+def _replicas(
+    env: simpy.Environment, config: RunConfig, latency: StepTimeModel
+) -> list[SimBackend]:
     setup = config.setup
-    latency = LatencyModel(config.latency_profile or roofline_profile(setup))
     return [
         SimBackend(
             env,
@@ -207,7 +229,7 @@ def _run_until_done(
             )
 
 
-def _meta(policy: Policy, config: RunConfig, trace_name: str) -> dict:
+def _meta(policy: Policy, config: RunConfig, trace_name: str, step_time: StepTimeChoice) -> dict:
     return {
         "policy": policy.name,
         "trace": trace_name,
@@ -215,10 +237,11 @@ def _meta(policy: Policy, config: RunConfig, trace_name: str) -> dict:
         "replicas": config.replicas,
         "seed": config.seed,
         "setup": config.setup.name,
-        "kv_capacity_tokens": config.setup.kv_capacity_tokens,
+        "kv_capacity_tokens": usable_kv_tokens(config),  # what the engines report
         "horizon_s": config.horizon_s,
         "warmup_s": config.warmup_s,
         "tick_interval_s": policy.tick_interval,
+        "step_time": step_time.record(),  # which step-time backend ran, its source and why
     }
 
 
@@ -234,7 +257,8 @@ def simulate(
     wall0 = time.perf_counter()
     check_fits(specs, config)
     env = simpy.Environment()
-    backends = _replicas(env, config)
+    step_time = step_time_of(config)
+    backends = _replicas(env, config, step_time.model)
     recorder = Recorder(backends, config.sample_dt)
     cluster = Cluster(SimClock(env), backends, policy, observer=recorder)
     recycle = config.horizon_s is not None and config.concurrency is not None
@@ -265,7 +289,7 @@ def simulate(
         envs.mark_end()
         envs.close()
     wall = time.perf_counter() - wall0
-    meta = _meta(policy, config, trace_name)
+    meta = _meta(policy, config, trace_name, step_time)
     result = result_of(meta, end, wall, interrupted, feed, recorder, backends, envs)
     if stopped:
         result.summary["stopped"] = stopped
