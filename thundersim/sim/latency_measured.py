@@ -33,7 +33,8 @@ split into decodes and chunks. A mixed step is read as seqs - 1 decoding sequenc
 prefill chunk holding every other token, its cached prefix solved from pairs and KV read (exact
 for one chunk, the common case). When the pairs are fewer than one chunk of that size could
 have (several fresh prompts admitted in one step), the chunk's attention is that of equal fresh
-prompts with the same total pairs.
+prompts with the same total pairs; when the KV read is less than that many decodes would read,
+every sequence is read as an equal prompt chunk (a burst of new prompts).
 
 No per-step host overhead is added: the estimator's step is the whole step (vLLM's V1 engine
 overlaps its CPU work with the GPU).
@@ -268,6 +269,12 @@ class MeasuredStepTime:
             extra = pairs - kv_read  # = (m - 1) * cached + m (m + 1) / 2 for one chunk
             cached = min(max((extra - m * (m + 1) / 2) / (m - 1), 0.0), kv_read)
         decode_ctx = kv_read - cached
+        if decodes and decode_ctx < decodes:
+            # less KV than that many decoding sequences would read (each holds >= 1 token):
+            # every sequence is a prompt chunk; read them as equal ones
+            return self.g_ctx(tokens) + self.a_ctx(
+                seqs, max(1, round(tokens / seqs)), round(kv_read / seqs)
+            )
         t = self.g_ctx(tokens)
         if decodes:
             t += self.a_dec(decodes, decode_ctx / decodes)
