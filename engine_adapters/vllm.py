@@ -78,7 +78,7 @@ class VLLMBackend:
         self.stream = stream  # stream replayed calls, to observe their first token
         self.alive = True
         self.block_size = 0
-        self.num_blocks = 0
+        self.num_gpu_blocks = 0  # vllm:cache_config_info num_gpu_blocks (the null block included)
         self.model = ""
         self.pins_ignored = 0
         self.unpins_ignored = 0
@@ -108,7 +108,7 @@ class VLLMBackend:
             raise RuntimeError(f"{self.url}: /metrics has no vllm:cache_config_info")
         labels = info[0][0]
         self.block_size = int(labels["block_size"])
-        self.num_blocks = int(labels["num_gpu_blocks"])
+        self.num_gpu_blocks = int(labels["num_gpu_blocks"])
         self._metrics = metrics
         self._base = self._counters(metrics)
         self._poller = asyncio.create_task(self._poll())
@@ -124,7 +124,9 @@ class VLLMBackend:
     # ---- Backend contract ----------------------------------------------------------------
     @property
     def capacity_tokens(self) -> int:
-        return self.block_size * self.num_blocks
+        """KV tokens requests can hold: vLLM reserves block 0 as its null block
+        (vllm/v1/core/block_pool.py; get_usage divides by num_gpu_blocks - 1 too)."""
+        return self.block_size * max(0, self.num_gpu_blocks - 1)
 
     def submit(
         self,

@@ -13,10 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # package (folder in the checkout) -> thundersim sub-packages it must never import, even lazily
 FORBIDDEN = {
-    "thundersim/core": ("sim", "live", "lab", "cli", "metrics", "policies", "engine_adapters"),
-    "thundersim/metrics": ("sim", "live", "lab", "cli", "policies", "engine_adapters"),
-    "thundersim/traces": ("sim", "live", "lab", "cli", "metrics", "policies", "engine_adapters"),
-    "thundersim/sim": ("live", "lab", "cli", "policies", "engine_adapters"),
+    "thundersim/core": (
+        "sim", "live", "lab", "cli", "metrics", "policies", "engine_adapters", "conformance"
+    ),
+    "thundersim/metrics": ("sim", "live", "lab", "cli", "policies", "engine_adapters", "conformance"),
+    "thundersim/traces": (
+        "sim", "live", "lab", "cli", "metrics", "policies", "engine_adapters", "conformance"
+    ),
+    "thundersim/sim": ("live", "lab", "cli", "policies", "engine_adapters", "conformance"),
+    # the differential test against vLLM's scheduler checks the engine model alone: no policy,
+    # no live engine (its vLLM half runs in vLLM's own Python and imports nothing of ours)
+    "thundersim/conformance": ("live", "cli", "policies", "engine_adapters", "metrics"),
     # the live path runs real engines: it must not need the SimPy runner (calibrate.py, which
     # validates the simulator against a live engine, is the one that composes both)
     "thundersim/live/driver.py": ("sim", "lab", "cli"),

@@ -91,6 +91,10 @@ class EngineStats:
     waiting: int = 0
     prefix_queries: int = 0  # vllm:prefix_cache_queries_total (tokens)
     prefix_hits: int = 0  # vllm:prefix_cache_hits_total (tokens)
+    # Re-admissions after a preemption: vLLM's PrefixCacheStats.preempted_queries / _hits
+    # (not on /metrics: a live vLLM reports 0; the hit rate above excludes them, as vLLM's does)
+    preempted_prefix_queries: int = 0
+    preempted_prefix_hits: int = 0
     preemptions: int = 0  # vllm:num_preemptions_total
     recompute_tokens: int = 0
     prompt_tokens: int = 0

@@ -334,7 +334,9 @@ async def _live_summary(url, specs, policy, concurrency, options, engine) -> tup
                 f"engine {engine!r} at {url} reports KV block size {block}: validate cannot "
                 "size the simulated replica"
             )
-        return result.summary, backend.capacity_tokens, block
+        # The simulated replica is sized as vLLM sized this one (num_gpu_blocks, the null block
+        # included: capacity_tokens excludes it) and reserves its own null block the same way.
+        return result.summary, backend.capacity_tokens + block, block
     finally:
         await backend.close()
 

@@ -22,8 +22,14 @@ from thundersim.sim.request import EngineRequest
 class EngineCounters:
     """Totals over the run (vLLM's /metrics names where it has one)."""
 
+    # First admissions only, as vLLM's PrefixCacheStats (vllm/v1/metrics/stats.py) counts them:
+    prefix_requests: int = 0
     prefix_queries: int = 0  # vllm:prefix_cache_queries_total (tokens)
     prefix_hits: int = 0  # vllm:prefix_cache_hits_total (tokens)
+    # Re-admissions after a preemption (PrefixCacheStats.preempted_*; vLLM does not export them)
+    preempted_prefix_requests: int = 0
+    preempted_prefix_queries: int = 0
+    preempted_prefix_hits: int = 0
     preemptions: int = 0  # vllm:num_preemptions_total
     recompute_tokens: int = 0  # tokens computed again that their program had computed before
     prompt_tokens: int = 0  # prefill tokens computed (recompute included)
@@ -49,6 +55,8 @@ def engine_stats(
         waiting=waiting,
         prefix_queries=counters.prefix_queries,
         prefix_hits=counters.prefix_hits,
+        preempted_prefix_queries=counters.preempted_prefix_queries,
+        preempted_prefix_hits=counters.preempted_prefix_hits,
         preemptions=counters.preemptions,
         recompute_tokens=counters.recompute_tokens,
         prompt_tokens=counters.prompt_tokens,

@@ -1,31 +1,58 @@
 """The block pool: paged KV blocks with a prefix cache, as vLLM's BlockPool keeps them
 (vllm/v1/core/block_pool.py); thundersim.sim.kv_cache_manager tracks which request holds which.
 
-Facts of vLLM v1 this model keeps:
-- KV lives in fixed-size blocks; only full blocks are hashed and reusable.
+Facts of vLLM v1 this model keeps (and tests/test_vllm_conformance.py checks against vLLM's own
+scheduler, iteration by iteration):
+- KV lives in fixed-size blocks; only full blocks are hashed and reusable. A block is hashed as
+  soon as it is scheduled full (allocate_slots ends with cache_blocks), not when its request
+  ends: a sharer admitted meanwhile hits it (`extend_shared`).
 - Block hashes form a chain (each includes its parent's), so a prompt hits the longest run of
   cached blocks from its start: block i hits only if blocks 0..i-1 hit.
-- Blocks no request references stay cached in a free queue and are evicted LRU only when a new
-  block is needed. A finishing request frees its blocks tail-first, so a chain loses its last
-  blocks first.
+- One free queue, in order: blocks no request references, evicted from its front only when a
+  new block is needed. At start it holds every block; a request that ends appends its blocks
+  tail-first (its partial last block, then its own blocks last to first, then the shared
+  prompt's if it was the last user), so a chain loses its last blocks first, and an unhashed
+  block freed after a cached one is taken after it. A prefix hit takes its blocks out of the
+  queue wherever they are.
 
 What makes this fast: a token's identity is (shared prefix id, program id, position), and a
 program has one call at a time. So every chain's resident blocks are always a *prefix* of the
-chain, the free queue holds at most one run per chain, and the whole cache is a handful of
-counters per program instead of a map of block hashes. Two kinds of chain:
+chain, the queue holds at most one run per chain, and the whole cache is a queue of runs
+(a chain's cached blocks, or a run of holes) instead of a map of block hashes. Two kinds of chain:
 - the shared system prompt (its `prefix_key`: ("prefix", id)), `prefix_tokens // block_size`
-  full blocks, referenced by many requests at once (a reference count);
+  full blocks, referenced by many requests at once (a reference count; every holder holds all
+  of the chain's resident blocks, which vLLM's FCFS order guarantees and check mode verifies);
 - each program's own blocks after it (its `chain_key`: the program id, with an epoch after a
   context reset), referenced by its one running call.
 
-Where vLLM takes never-used and cached-free blocks strictly in free-queue order, this pool
-takes empty blocks first; the difference is at most one partial block per finished request.
+vLLM's null block (block 0, never handed out: block_pool.py) is not in the pool: a pool of
+`total` blocks is a vLLM engine with num_gpu_blocks = total + 1 (KVCacheManager does that sum).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+
+
+class Hole:
+    """Key of a run of free blocks that hold nothing reusable (never used, or the partial last
+    block of a request that ended): each run its own key, so the queue keeps their places."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Hole"
+
+
+class Orphan:
+    """Key of a run of free blocks that are still hashed (vLLM counts them as cached) but can
+    never be hit again: a program's own blocks behind a shared prompt that lost blocks."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Orphan"
 
 
 @dataclass(slots=True)
@@ -44,16 +71,17 @@ class Lookup:
 
 
 class BlockPool:
-    """Counts of blocks: empty, cached-free (evictable, LRU order), used (referenced)."""
+    """Counts of blocks by state, and the free queue as runs (chain key or hole -> count)."""
 
     __slots__ = (
         "block_size",
         "cached_free",
         "empty",
         "evicted",
+        "orphaned",
         "pinned",
         "pinned_total",
-        "lru",
+        "queue",
         "refs",
         "resident",
         "total",
@@ -64,29 +92,69 @@ class BlockPool:
             raise ValueError("a block pool needs at least one block of at least one token")
         self.total = total_blocks
         self.block_size = block_size
-        self.empty = total_blocks  # hold nothing reusable
-        self.cached_free = 0  # sum of lru counts
-        self.lru: OrderedDict = OrderedDict()  # chain key -> resident blocks in the free queue
+        self.empty = total_blocks  # free and holding nothing reusable (hole runs)
+        self.orphaned = 0  # free, hashed, unreachable (orphan runs)
+        self.cached_free = 0  # free and reusable (chain runs)
+        # The free queue, front (evicted first) to back: chain key / Hole / Orphan -> blocks.
+        self.queue: OrderedDict = OrderedDict({Hole(): total_blocks})
         self.resident: dict = {}  # chain key -> resident blocks (referenced or cached)
         self.refs: dict = {}  # shared chain key -> running requests referencing it
-        self.evicted = 0  # blocks evicted from the cache over the run
-        self.pinned: dict = {}  # chain key -> cached blocks kept out of the free queue (TTL pins)
+        self.evicted = 0  # cached blocks evicted over the run
+        self.pinned: dict = {}  # chain key -> cached blocks kept out of the queue (TTL pins)
         self.pinned_total = 0
 
     @property
     def free(self) -> int:
-        """Blocks an allocation can take: empty ones plus evictable cached ones."""
-        return self.empty + self.cached_free
+        """Blocks an allocation can take: every block in the free queue."""
+        return self.empty + self.orphaned + self.cached_free
 
     @property
     def used(self) -> int:
         """Blocks referenced by running requests."""
-        return self.total - self.empty - self.cached_free - self.pinned_total
+        return self.total - self.free - self.pinned_total
 
-    # ---- pins (Continuum's time-to-live) ---------------------------------------------------
+    @property
+    def lru(self) -> dict:
+        """The reusable runs of the free queue, in eviction order: chain key -> blocks."""
+        return {k: n for k, n in self.queue.items() if not isinstance(k, Hole | Orphan)}
+
+    @property
+    def hashed_free(self) -> int:
+        """Free blocks that vLLM would count as cached (they hold a block hash)."""
+        return self.cached_free + self.orphaned
+
+    # ---- the free queue ----------------------------------------------------------------
+    def _append_hole(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.empty += n
+        if self.queue:
+            last = next(reversed(self.queue))
+            if isinstance(last, Hole):  # adjacent holes are one run
+                self.queue[last] += n
+                return
+        self.queue[Hole()] = n
+
+    def _append_chain(self, key, n: int) -> None:
+        if n <= 0:
+            return
+        self.queue[key] = n
+        self.cached_free += n
+
+    def _orphan(self, key) -> None:
+        """The chain's free blocks stay where they are in the queue, unreachable."""
+        n = self.queue.get(key)
+        if n is None:
+            return
+        orphan = Orphan()
+        self.queue = OrderedDict((orphan if k == key else k, v) for k, v in self.queue.items())
+        self.cached_free -= n
+        self.orphaned += n
+
+    # ---- pins (Continuum's time-to-live; vLLM has none) ----------------------------------
     def pin(self, key) -> int:
         """Take a chain's cached blocks out of the free queue so nothing evicts them."""
-        count = self.lru.pop(key, 0)
+        count = self.queue.pop(key, 0)
         if count:
             self.cached_free -= count
             self.pinned[key] = self.pinned.get(key, 0) + count
@@ -98,8 +166,7 @@ class BlockPool:
         count = self.pinned.pop(key, 0)
         if count:
             self.pinned_total -= count
-            self.lru[key] = count
-            self.cached_free += count
+            self._append_chain(key, count)
 
     def _take_cached(self, key) -> int:
         """Remove a chain's unreferenced blocks from the free queue or from its pin."""
@@ -107,7 +174,7 @@ class BlockPool:
             count = self.pinned.pop(key)
             self.pinned_total -= count
             return count
-        count = self.lru.pop(key, 0)
+        count = self.queue.pop(key, 0)
         self.cached_free -= count
         return count
 
@@ -116,7 +183,7 @@ class BlockPool:
         """Longest cached prefix for a sequence of `num_tokens` tokens whose first
         `prefix_blocks` blocks are the shared chain `prefix_key` and the rest the program chain
         `chain_key`. At least one token is always left to compute (vLLM caps hits at
-        num_tokens - 1)."""
+        num_tokens - 1, block-aligned: kv_cache_manager.get_computed_blocks)."""
         B = self.block_size
         shared_res = min(self.resident.get(prefix_key, 0), prefix_blocks) if prefix_blocks else 0
         broken = shared_res < prefix_blocks
@@ -126,22 +193,28 @@ class BlockPool:
         own_hit = min(own_res, max_hit - shared_hit)
         in_queue = 0
         if shared_hit and self.refs.get(prefix_key, 0) == 0:
-            in_queue += self.lru.get(prefix_key, 0)
+            in_queue += self.queue.get(prefix_key, 0)
         if own_res:
-            in_queue += self.lru.get(chain_key, 0)
+            in_queue += self.queue.get(chain_key, 0)
         return Lookup(shared_hit, own_hit, own_res, broken, self.free - in_queue)
 
     def acquire(self, prefix_key, chain_key, look: Lookup) -> int:
         """Take the hit blocks out of the free queue for a starting request. Returns the number
         of blocks the request now holds."""
-        if look.broken and (chain_key in self.lru or chain_key in self.pinned):
+        if look.broken and self.resident.get(chain_key, 0):
             # Its blocks sit behind a missing shared block: no lookup can reach them again.
-            self.empty += self._take_cached(chain_key)
+            if chain_key in self.pinned:
+                count = self.pinned.pop(chain_key)
+                self.pinned_total -= count
+                self.orphaned += count
+                self.queue[Orphan()] = count
+            else:
+                self._orphan(chain_key)
             self.resident[chain_key] = 0
         taken = 0
         if look.shared_hit:
             if self.refs.get(prefix_key, 0) == 0:
-                self.cached_free -= self.lru.pop(prefix_key)
+                self.cached_free -= self.queue.pop(prefix_key)
             self.refs[prefix_key] = self.refs.get(prefix_key, 0) + 1
             taken += look.shared_hit
         if look.own_resident:
@@ -149,30 +222,46 @@ class BlockPool:
             taken += look.own_resident
         return taken
 
+    def extend_shared(self, prefix_key, held: int, covered: int) -> int:
+        """A running request holding `held` blocks of the shared chain has now scheduled its
+        full blocks up to `covered` (<= the chain's full length): vLLM hashes them at once
+        (allocate_slots -> cache_blocks), so they join the chain. Returns the blocks it now
+        holds through the chain: `covered` when it was at the chain's end; `held` when another
+        request holds the chain further (its blocks are then private duplicates, as in vLLM,
+        which does not de-duplicate: block_pool.BlockHashToBlockMap)."""
+        cur = self.resident.get(prefix_key, 0)
+        if covered <= held or held != cur:
+            return held
+        if held == 0:
+            self.refs[prefix_key] = self.refs.get(prefix_key, 0) + 1
+        self.resident[prefix_key] = covered
+        return covered
+
     # ---- allocate / release ----------------------------------------------------------------
     def allocate(self, n: int) -> bool:
-        """Take n blocks, evicting cached ones LRU-first. Check-then-act: returns False and
-        changes nothing when there are not enough."""
+        """Take n blocks from the front of the free queue, evicting the cached ones among them.
+        Check-then-act: returns False and changes nothing when there are not enough."""
         if n <= 0:
             return True
-        if n > self.empty + self.cached_free:
+        if n > self.free:
             return False
-        take = min(n, self.empty)
-        self.empty -= take
-        rest = n - take
-        if rest:
-            self.evicted += rest
-            self.cached_free -= rest
-            lru, resident = self.lru, self.resident
-            while rest:
-                key, count = next(iter(lru.items()))
-                t = min(count, rest)
+        queue, resident = self.queue, self.resident
+        while n:
+            key, count = next(iter(queue.items()))
+            t = min(count, n)
+            if isinstance(key, Hole):
+                self.empty -= t
+            elif isinstance(key, Orphan):
+                self.orphaned -= t
+            else:
+                self.cached_free -= t
+                self.evicted += t
                 resident[key] -= t  # a chain loses its tail blocks first
-                if t == count:
-                    lru.popitem(last=False)
-                else:
-                    lru[key] = count - t
-                rest -= t
+            if t == count:
+                queue.popitem(last=False)
+            else:
+                queue[key] = count - t
+            n -= t
         return True
 
     def release(
@@ -186,38 +275,18 @@ class BlockPool:
     ) -> None:
         """A request ends (finished or preempted) holding `num_blocks` blocks, `shared_blocks`
         of them through a reference to the shared chain `prefix_key` (whose full length is
-        `prefix_blocks`), with `computed` tokens of KV. Full blocks stay cached (program blocks
-        first in the queue, so they are evicted before the shared prompt); the partial last
-        block is emptied."""
+        `prefix_blocks`), with `computed` tokens of KV. Its blocks go to the back of the free
+        queue tail-first (vLLM frees reversed(req_blocks)): the partial last block and any
+        private duplicate as a hole, then its own full blocks (cached), then the shared chain's
+        if it was the last to reference it."""
         full = computed // self.block_size
         private = num_blocks - shared_blocks
-        donated = 0
-        if prefix_blocks and shared_blocks < prefix_blocks:
-            # The request computed shared-prompt blocks itself: those past the chain's current
-            # end extend it (same content, same hashes); those another request cached
-            # meanwhile are duplicates and are emptied below.
-            cur = self.resident.get(prefix_key, 0)
-            upto = min(prefix_blocks, full)
-            if upto > cur:
-                donated = upto - cur
-                self.resident[prefix_key] = upto
-        chain_ok = prefix_blocks == 0 or self.resident.get(prefix_key, 0) >= prefix_blocks
-        own = max(0, full - prefix_blocks) if chain_ok else 0
-        own = min(own, private - donated)
-        self.empty += private - donated - own
+        chain_ok = shared_blocks >= prefix_blocks  # it holds the whole shared prompt (or none)
+        own = min(max(0, full - prefix_blocks), private) if chain_ok else 0
+        self._append_hole(private - own)
         self.resident[chain_key] = own
-        if own:
-            self.lru[chain_key] = own
-            self.lru.move_to_end(chain_key)
-            self.cached_free += own
+        self._append_chain(chain_key, own)
         if shared_blocks:
             self.refs[prefix_key] -= 1
             if self.refs[prefix_key] == 0:
-                count = self.resident[prefix_key]
-                self.lru[prefix_key] = count
-                self.lru.move_to_end(prefix_key)
-                self.cached_free += count
-        elif donated and self.refs.get(prefix_key, 0) == 0:
-            self.lru[prefix_key] = self.resident[prefix_key]
-            self.lru.move_to_end(prefix_key)
-            self.cached_free += donated
+                self._append_chain(prefix_key, self.resident[prefix_key])

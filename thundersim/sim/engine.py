@@ -101,8 +101,11 @@ class SimBackend:
         """skip_ahead=False runs every iteration one by one (the reference the fast path is
         tested against); check=True verifies the block invariants after every step. `model`
         is the name of the model it serves (the setup's), for the Backend protocol."""
-        if capacity_tokens < block_size:
-            raise ValueError(f"KV capacity {capacity_tokens} is below one block ({block_size})")
+        if capacity_tokens < 2 * block_size:
+            raise ValueError(
+                f"KV capacity {capacity_tokens} is below two blocks of {block_size} (vLLM keeps "
+                "one as its null block)"
+            )
         self.env = env
         self.index = index
         self.name = name or f"sim{index}"
@@ -112,6 +115,8 @@ class SimBackend:
         self.max_model_len = max_model_len
         self.skip_ahead = skip_ahead
         self.check = check
+        # capacity_tokens is the pool as vLLM sizes it (num_gpu_blocks x block_size); the
+        # manager keeps vLLM's null block out of it.
         self.kv = KVCacheManager(capacity_tokens // block_size, block_size)
         self.counters = EngineCounters()
         self.scheduler = Scheduler(

@@ -6,8 +6,11 @@ As in vLLM, the scheduler asks it three things and sees only opaque handles:
 - `allocate_slots(req, n, hit)`: blocks for n more tokens, or None (and nothing changed) when
   they do not fit;
 - `free(req)`: the request ends (finished or preempted); its full blocks stay cached.
-The pool underneath (thundersim.sim.blocks, vLLM's block_pool.py) counts empty, cached and
-pinned blocks and evicts LRU.
+Full blocks are cached the moment they are scheduled, as vLLM's allocate_slots does
+(`cache_blocks`): shared-prompt blocks a request computes join the shared chain at once.
+The pool underneath (thundersim.sim.blocks, vLLM's block_pool.py) keeps the free queue in
+vLLM's order. Like vLLM's, it has no null block to hand out: an engine of `num_gpu_blocks`
+blocks has num_gpu_blocks - 1 usable ones.
 
 One difference from vLLM, for the engine's skip-ahead: the decoding requests
 (thundersim.sim.decoding) grow in bulk, `allocate_decode_slots(n)` for all of them at once, so
@@ -41,9 +44,17 @@ def _blocks_for(tokens: int, block_size: int) -> int:
 class KVCacheManager:
     """Per-request blocks on one replica's block pool."""
 
-    def __init__(self, total_blocks: int, block_size: int):
+    def __init__(self, num_gpu_blocks: int, block_size: int):
+        """`num_gpu_blocks` as vLLM sizes its pool; block 0 of it is vLLM's null block, never
+        handed out (vllm/v1/core/block_pool.py), so num_gpu_blocks - 1 are usable."""
+        if num_gpu_blocks < 2:
+            raise ValueError(
+                f"a KV pool of {num_gpu_blocks} blocks has no usable block (block 0 is vLLM's "
+                "null block)"
+            )
         self.block_size = block_size
-        self.pool = BlockPool(total_blocks, block_size)
+        self.num_gpu_blocks = num_gpu_blocks
+        self.pool = BlockPool(num_gpu_blocks - 1, block_size)
         self._blocks: dict[int, RequestBlocks] = {}  # request id -> its blocks, while running
 
     @property
@@ -66,6 +77,20 @@ class KVCacheManager:
             return max(0, _blocks_for(req.num_computed_tokens + num_tokens, B) - num_blocks)
         taken = hit.shared_hit + hit.own_resident
         return max(0, _blocks_for(hit.hit_blocks * B + num_tokens, B) - taken)
+
+    def num_cached_blocks(self, running: Iterable[EngineRequest]) -> int:
+        """Blocks holding a block hash, as vLLM's pool counts them: free cached ones (reachable
+        or not), pinned ones, the shared chains in use, and the running requests' own full
+        blocks (hashed when scheduled)."""
+        pool = self.pool
+        count = pool.hashed_free + pool.pinned_total
+        count += sum(pool.resident.get(key, 0) for key, n in pool.refs.items() if n)
+        B = self.block_size
+        for req in running:
+            blocks = self._blocks[req.request_id]
+            if blocks.shared_blocks >= req.prefix_blocks:
+                count += max(0, req.num_computed_tokens // B - req.prefix_blocks)
+        return count
 
     def num_free_blocks(self, hit: Lookup | None = None) -> int:
         """Blocks an allocation can take now; with a waiting request's hit, those left once
@@ -98,11 +123,20 @@ class KVCacheManager:
             if need:
                 pool.allocate(need)
                 blocks.num_blocks += need
-            return blocks
-        taken = pool.acquire(req.prefix_key, req.chain_key, hit)
-        pool.allocate(need)
-        blocks = RequestBlocks(taken + need, hit.shared_hit, hit.hit_blocks)
-        self._blocks[req.request_id] = blocks
+            upto = req.num_computed_tokens + num_tokens
+        else:
+            taken = pool.acquire(req.prefix_key, req.chain_key, hit)
+            pool.allocate(need)
+            blocks = RequestBlocks(taken + need, hit.shared_hit, hit.hit_blocks)
+            self._blocks[req.request_id] = blocks
+            upto = hit.hit_blocks * self.block_size + num_tokens
+        if req.prefix_blocks and blocks.shared_blocks < req.prefix_blocks:
+            # vLLM hashes full blocks as they are scheduled: the shared-prompt blocks this
+            # chunk completes are hits for whoever is admitted next, this step included.
+            covered = min(req.prefix_blocks, upto // self.block_size)
+            blocks.shared_blocks = pool.extend_shared(
+                req.prefix_key, blocks.shared_blocks, covered
+            )
         return blocks
 
     def allocate_decode_slots(self, num_blocks: int) -> bool:
@@ -174,7 +208,7 @@ class KVCacheManager:
             "recompute": recompute,
             "cached_acting": acting,
             "cached_other": pool.cached_free + pool.pinned_total - acting,
-            "empty": pool.empty,
+            "empty": pool.empty + pool.orphaned,  # orphans are hashed but never reusable
         }
 
     # ---- invariants ------------------------------------------------------------------------
@@ -203,21 +237,30 @@ class KVCacheManager:
             if pool.refs.get(key, 0) != n:
                 raise AssertionError(f"{key}: refcount {pool.refs.get(key)} != {n} users")
             allocated += pool.resident[key]
+        for req in running:  # every holder holds the whole resident chain (vLLM's FCFS order)
+            shared = self._blocks[req.request_id].shared_blocks
+            if shared and shared != pool.resident[req.prefix_key]:
+                raise AssertionError(
+                    f"{req.chain_key}: holds {shared} blocks of {req.prefix_key}, which has "
+                    f"{pool.resident[req.prefix_key]}"
+                )
         for key, n in pool.refs.items():
             if n and key not in users:
                 raise AssertionError(f"{key}: refcount {n} without users")
         self._check_queues()
-        if allocated + pool.empty + pool.cached_free + pool.pinned_total != pool.total:
+        if allocated + pool.free + pool.pinned_total != pool.total:
             raise AssertionError(
                 f"allocated {allocated} + empty {pool.empty} + cached {pool.cached_free} "
-                f"+ pinned {pool.pinned_total} != total {pool.total}"
+                f"+ orphaned {pool.orphaned} + pinned {pool.pinned_total} != total {pool.total}"
             )
-        if pool.used > pool.total or min(pool.empty, pool.cached_free) < 0:
+        if pool.used > pool.total or min(pool.empty, pool.cached_free, pool.orphaned) < 0:
             raise AssertionError("block counts out of range")
 
     def _check_queues(self) -> None:
         """The free queue and the pins hold whole resident runs, each counted once."""
         pool = self.pool
+        if sum(pool.queue.values()) != pool.free:
+            raise AssertionError("free count differs from the free queue")
         if sum(pool.lru.values()) != pool.cached_free:
             raise AssertionError("cached-free count differs from the free queue")
         if sum(pool.pinned.values()) != pool.pinned_total or set(pool.pinned) & set(pool.lru):

@@ -4,13 +4,21 @@ vllm/v1/core/sched/scheduler.py (`schedule` / `update_from_output`).
 What it models:
 - a FCFS waiting queue; preempted requests go back to its front;
 - continuous batching: every iteration runs each running request's next tokens;
-- chunked prefill under a per-iteration token budget (`max_num_batched_tokens`); decode
-  tokens are served before prefill chunks;
-- admission of the waiting head only when the blocks for its first chunk are free (after its
-  prefix-cache hits), and none at all in an iteration that had to preempt;
+- chunked prefill under a per-iteration token budget (`max_num_batched_tokens`), given to the
+  running requests in admission order, then to admissions. (vLLM walks `running` in order; the
+  decoding requests are always ahead of a prefill the budget cuts short, because nobody is
+  admitted after a request whose chunk used up the budget, so serving the decode group first
+  is the same order.)
+- the running requests' blocks (decode and chunks) are allocated before any admission;
+- admission of the waiting head only when the blocks for its whole prompt are free after its
+  prefix-cache hits (vLLM 0.32's default `scheduler_reserve_full_isl`: allocate_slots with
+  full_sequence_must_fit), and none at all in an iteration that had to preempt;
 - preemption by recompute: when the running requests need more blocks than are free, the most
   recently admitted is preempted, its blocks freed (full ones stay cached), and it starts again
-  from its prefix-cache hits.
+  from its prefix-cache hits;
+- the prefix-cache counters as vLLM's PrefixCacheStats: first admissions count as queries and
+  hits (`vllm:prefix_cache_queries` / `_hits`), re-admissions after a preemption separately
+  (`preempted_queries` / `preempted_hits`, which vLLM does not export).
 Blocks come from the KV cache manager (thundersim.sim.kv_cache_manager); the decoding requests
 are kept together in a DecodeGroup (thundersim.sim.decoding), which lets the engine skip ahead
 over runs of pure decode (`skippable_iterations`, `advance_decode`). The scheduler knows no
@@ -82,23 +90,30 @@ class Scheduler:
         STP accounting's distinction between unused and idle capacity)."""
         if not self.waiting:
             return False
-        return self._plan_admission(self.waiting[0], self.max_batched_tokens) is None
+        reserved = self.decode.new_blocks(1)
+        return self._plan_admission(self.waiting[0], self.max_batched_tokens, reserved) is None
 
     def _head_admissible(self) -> bool:
+        """Between iterations: would the next one admit the waiting head (beside the decode
+        blocks it allocates first)?"""
         if len(self.running) >= self.max_num_seqs:
             return False
         budget = self.max_batched_tokens - self.decode.count
-        return self._plan_admission(self.waiting[0], budget) is not None
+        reserved = self.decode.new_blocks(1)
+        return self._plan_admission(self.waiting[0], budget, reserved) is not None
 
-    def _plan_admission(self, req: EngineRequest, budget: int) -> tuple[Lookup, int, int] | None:
-        """Check (changing nothing) whether req can start now: its prefix hits, first chunk and
-        the new blocks that chunk needs must fit beside this iteration's decode blocks.
+    def _plan_admission(
+        self, req: EngineRequest, budget: int, reserved: int = 0
+    ) -> tuple[Lookup, int, int] | None:
+        """Check (changing nothing) whether req can start now: after its prefix hits, the
+        blocks of its whole remaining prompt must be free (less `reserved` ones still to be
+        allocated this iteration), and the budget must leave it a chunk.
         Returns (hit, hit tokens, chunk) or None."""
         hit, hit_tokens = self.kv.get_computed_blocks(req)
         chunk = min(req.num_tokens - hit_tokens, budget)
         if chunk <= 0:
             return None
-        need = self.kv.num_new_blocks(req, chunk, hit) + self.decode.new_blocks(1)
+        need = self.kv.num_new_blocks(req, req.num_tokens - hit_tokens, hit) + reserved
         if need > self.kv.num_free_blocks(hit):
             return None
         return hit, hit_tokens, chunk
@@ -151,14 +166,16 @@ class Scheduler:
             if req.num_scheduled_tokens > 0:
                 chunks.append(req)
         preempted = self._preempt_until_fits(chunks)
+        # The running requests' blocks first, decode (their tokens count at commit) and chunks,
+        # as vLLM allocates them in its walk of `running` before it looks at `waiting`: what
+        # they evict is gone before an admission looks up its prefix.
+        if self.decode.count and not self.kv.allocate_decode_slots(self.decode.new_blocks(1)):
+            raise RuntimeError(f"{self.name}: decode blocks over-allocated")
         for req in chunks:
             if self.kv.allocate_slots(req, req.num_scheduled_tokens) is None:
                 raise RuntimeError(f"{self.name}: prefill chunks over-allocated blocks")
         if not preempted:
             self._admit_waiting(chunks)
-        if self.decode.count:
-            # The decoding requests' blocks for this iteration (their tokens count at commit).
-            self.kv.allocate_decode_slots(self.decode.new_blocks(1))
         return SchedulerOutput(chunks, preempted)
 
     def _preempt_until_fits(self, chunks: list[EngineRequest]) -> bool:
@@ -198,8 +215,15 @@ class Scheduler:
         self.kv.allocate_slots(req, chunk, hit)
         req.start_at(hit_tokens)
         req.num_scheduled_tokens = chunk
-        self.counters.prefix_queries += req.num_tokens
-        self.counters.prefix_hits += hit_tokens
+        counters = self.counters
+        if req.usage.preemptions:  # a restart: vLLM's PrefixCacheStats.preempted_*
+            counters.preempted_prefix_requests += 1
+            counters.preempted_prefix_queries += req.num_tokens
+            counters.preempted_prefix_hits += hit_tokens
+        else:
+            counters.prefix_requests += 1
+            counters.prefix_queries += req.num_tokens
+            counters.prefix_hits += hit_tokens
         if req.usage.cached_tokens < 0:  # first scheduling: what the API's usage reports
             req.usage.cached_tokens = hit_tokens
             req.usage.schedule_time = self.now()
