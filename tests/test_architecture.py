@@ -14,11 +14,33 @@ ROOT = Path(__file__).resolve().parent.parent
 # package (folder in the checkout) -> thundersim sub-packages it must never import, even lazily
 FORBIDDEN = {
     "thundersim/core": (
-        "sim", "live", "lab", "cli", "metrics", "policies", "engine_adapters", "conformance"
+        "sim",
+        "live",
+        "lab",
+        "cli",
+        "metrics",
+        "policies",
+        "engine_adapters",
+        "conformance",
     ),
-    "thundersim/metrics": ("sim", "live", "lab", "cli", "policies", "engine_adapters", "conformance"),
+    "thundersim/metrics": (
+        "sim",
+        "live",
+        "lab",
+        "cli",
+        "policies",
+        "engine_adapters",
+        "conformance",
+    ),
     "thundersim/traces": (
-        "sim", "live", "lab", "cli", "metrics", "policies", "engine_adapters", "conformance"
+        "sim",
+        "live",
+        "lab",
+        "cli",
+        "metrics",
+        "policies",
+        "engine_adapters",
+        "conformance",
     ),
     "thundersim/sim": ("live", "lab", "cli", "policies", "engine_adapters", "conformance"),
     # the differential test against vLLM's scheduler checks the engine model alone: no policy,

@@ -1,4 +1,4 @@
-"""Commands against real engines: `calibrate`, `validate`, `engine up`, `serve`."""
+"""Commands against real engines: `calibrate`, `validate`, `conformance`, `engine up`, `serve`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ from thundersim.cli.app import (
     run_fast,
     urls_of,
 )
+from thundersim.conformance.compare import (
+    default_vllm_python,
+    run_conformance,
+    to_frame,
+)
+from thundersim.conformance.compare import (
+    report as conformance_report,
+)
+from thundersim.conformance.workloads import WORKLOADS
 from thundersim.core.policy import PolicyOptions, parse_params
 from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
 from thundersim.engine_adapters.registry import make_backends
@@ -116,6 +125,39 @@ def validate_cmd(
             f"{r['policy']:5s} {r['metric']:26s} sim {r['sim']:10.3f}  live {r['live']:10.3f}"
             f"  error {err}"
         )
+
+
+@app.command("conformance")
+def conformance_cmd(
+    vllm_python: str = typer.Option(
+        None,
+        help="Python of the vLLM to test against (default: the checkout's .venv-vllm, which "
+        "`make vllm` installs).",
+    ),
+    workload: list[str] = typer.Option(
+        None, help="Workloads to run (repeatable; default all): " + ", ".join(WORKLOADS) + "."
+    ),
+    out: Path = typer.Option(None, help="Write the per-workload table here (CSV)."),
+) -> None:
+    """Run vLLM's own scheduler and the simulator's engine on the same request streams and
+    compare them iteration by iteration (exit 1 if any step diverges)."""
+    python = vllm_python or default_vllm_python()
+    if python is None:
+        fail("no vLLM to test against: pass --vllm-python (or run `make vllm`)")
+    unknown = [w for w in workload or [] if w not in WORKLOADS]
+    if unknown:
+        fail(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+    try:
+        workloads = [WORKLOADS[w]() for w in workload or WORKLOADS]
+        version, results = run_conformance(workloads, python)
+    except (ValueError, RuntimeError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(conformance_report(version, results))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        to_frame(version, results).to_csv(out, index=False)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
 
 
 @engine_app.command("up")

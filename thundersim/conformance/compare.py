@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,10 +106,28 @@ def run_conformance(
     with tempfile.TemporaryDirectory(prefix="thundersim_conformance_") as tmp:
         vllm = run_vllm_side(workloads, python, Path(workdir or tmp))
     version = vllm.pop("__version__")
-    results = [
-        compare(w.name, w.description, vllm[w.name], replay(w)) for w in workloads
-    ]
+    results = [compare(w.name, w.description, vllm[w.name], replay(w)) for w in workloads]
     return version, results
+
+
+def to_frame(version: str, results: list[WorkloadResult]):
+    """One row per workload: steps, divergent steps, both sides' hit and preemption totals."""
+    import pandas as pd
+
+    rows = [
+        {
+            "vllm": version,
+            "workload": r.name,
+            "steps": r.steps_vllm,
+            "steps_sim": r.steps_sim,
+            "divergent_steps": r.divergent,
+            "identical": r.ok,
+            **r.totals,
+            "first_divergence": json.dumps(r.first) if r.first else "",
+        }
+        for r in results
+    ]
+    return pd.DataFrame(rows)
 
 
 def default_vllm_python() -> str | None:
@@ -138,14 +155,3 @@ def report(version: str, results: list[WorkloadResult]) -> str:
             for k, v in (r.first or {}).items():
                 lines.append(f"    {k}: {v}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # python -m thundersim.conformance.compare [VLLM_PYTHON]
-    from thundersim.conformance.workloads import all_workloads
-
-    py = sys.argv[1] if len(sys.argv) > 1 else default_vllm_python()
-    if py is None:
-        sys.exit("no vLLM python given and no .venv-vllm found")
-    v, res = run_conformance(all_workloads(), py)
-    print(report(v, res))
-    sys.exit(0 if all(r.ok for r in res) else 1)

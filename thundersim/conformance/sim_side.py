@@ -62,8 +62,10 @@ class Replay:
         self._next_id = 0
         for p in workload.programs:
             self.programs[p.id] = p
-            self.turns[p.id] = [self._request(p, i, len(prompt), len(out), epoch)
-                                for i, prompt, out, epoch in program_tokens(p)]
+            self.turns[p.id] = [
+                self._request(p, i, len(prompt), len(out), epoch)
+                for i, prompt, out, epoch in program_tokens(p)
+            ]
             self.timed.append((p.arrival_step, len(self.timed), self.turns[p.id][0]))
         self.timed.sort(key=lambda t: (t[0], t[1]))
 
@@ -112,7 +114,9 @@ class Replay:
         turns = self.turns[request.program_id]
         if request.step + 1 < len(turns):
             turn = self.programs[request.program_id].turns[request.step + 1]
-            self.ready.append((self.step + 1 + turn.delay_steps, self.order, turns[request.step + 1]))
+            self.ready.append(
+                (self.step + 1 + turn.delay_steps, self.order, turns[request.step + 1])
+            )
             self.order += 1
 
     # ---- one iteration -----------------------------------------------------------------------

@@ -208,7 +208,9 @@ def one_step(scheduler, stream: Stream, step: int) -> dict:
     preempted = sorted(out.preempted_req_ids or ())
     live = set(scheduler.requests)
     engine_outputs = scheduler.update_from_output(out, fake_model_output(scheduler, out, stream))
-    finished = sorted(rid for rid in out.num_scheduled_tokens if rid in live - set(scheduler.requests))
+    finished = sorted(
+        rid for rid in out.num_scheduled_tokens if rid in live - set(scheduler.requests)
+    )
     for rid in finished:
         stream.finished(rid, step)
     return {

@@ -8,17 +8,19 @@ scheduler, iteration by iteration):
   ends: a sharer admitted meanwhile hits it (`extend_shared`).
 - Block hashes form a chain (each includes its parent's), so a prompt hits the longest run of
   cached blocks from its start: block i hits only if blocks 0..i-1 hit.
-- One free queue, in order: blocks no request references, evicted from its front only when a
-  new block is needed. At start it holds every block; a request that ends appends its blocks
-  tail-first (its partial last block, then its own blocks last to first, then the shared
-  prompt's if it was the last user), so a chain loses its last blocks first, and an unhashed
-  block freed after a cached one is taken after it. A prefix hit takes its blocks out of the
-  queue wherever they are.
+- One free queue: blocks no request references, taken from its front only when a new block is
+  needed. At start it holds every block. A request that ends puts its unhashed blocks (its
+  partial last block) at the front, to be reused first, and appends its hashed ones tail-first
+  (its own blocks last to first, then the shared prompt's if it was the last user), so cached
+  blocks are evicted LRU and a chain loses its last blocks first (vLLM 0.32
+  BlockPool.free_blocks: prepend_n / append_n). Every block holding nothing reusable is thus
+  ahead of every cached one: `empty` counts them, and `queue` orders the cached ones. A prefix
+  hit takes its blocks out of the queue wherever they are.
 
 What makes this fast: a token's identity is (shared prefix id, program id, position), and a
 program has one call at a time. So every chain's resident blocks are always a *prefix* of the
 chain, the queue holds at most one run per chain, and the whole cache is a queue of runs
-(a chain's cached blocks, or a run of holes) instead of a map of block hashes. Two kinds of chain:
+instead of a map of block hashes. Two kinds of chain:
 - the shared system prompt (its `prefix_key`: ("prefix", id)), `prefix_tokens // block_size`
   full blocks, referenced by many requests at once (a reference count; every holder holds all
   of the chain's resident blocks, which vLLM's FCFS order guarantees and check mode verifies);
@@ -33,16 +35,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-
-
-class Hole:
-    """Key of a run of free blocks that hold nothing reusable (never used, or the partial last
-    block of a request that ended): each run its own key, so the queue keeps their places."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "Hole"
 
 
 class Orphan:
@@ -71,7 +63,8 @@ class Lookup:
 
 
 class BlockPool:
-    """Counts of blocks by state, and the free queue as runs (chain key or hole -> count)."""
+    """Counts of blocks by state, and the cached part of the free queue as runs
+    (chain key or Orphan -> count)."""
 
     __slots__ = (
         "block_size",
@@ -92,11 +85,11 @@ class BlockPool:
             raise ValueError("a block pool needs at least one block of at least one token")
         self.total = total_blocks
         self.block_size = block_size
-        self.empty = total_blocks  # free and holding nothing reusable (hole runs)
+        self.empty = total_blocks  # free, unhashed: the front of the free queue
         self.orphaned = 0  # free, hashed, unreachable (orphan runs)
         self.cached_free = 0  # free and reusable (chain runs)
-        # The free queue, front (evicted first) to back: chain key / Hole / Orphan -> blocks.
-        self.queue: OrderedDict = OrderedDict({Hole(): total_blocks})
+        # The hashed part of the free queue, front (evicted first) to back: key -> blocks.
+        self.queue: OrderedDict = OrderedDict()
         self.resident: dict = {}  # chain key -> resident blocks (referenced or cached)
         self.refs: dict = {}  # shared chain key -> running requests referencing it
         self.evicted = 0  # cached blocks evicted over the run
@@ -116,7 +109,7 @@ class BlockPool:
     @property
     def lru(self) -> dict:
         """The reusable runs of the free queue, in eviction order: chain key -> blocks."""
-        return {k: n for k, n in self.queue.items() if not isinstance(k, Hole | Orphan)}
+        return {k: n for k, n in self.queue.items() if not isinstance(k, Orphan)}
 
     @property
     def hashed_free(self) -> int:
@@ -124,17 +117,6 @@ class BlockPool:
         return self.cached_free + self.orphaned
 
     # ---- the free queue ----------------------------------------------------------------
-    def _append_hole(self, n: int) -> None:
-        if n <= 0:
-            return
-        self.empty += n
-        if self.queue:
-            last = next(reversed(self.queue))
-            if isinstance(last, Hole):  # adjacent holes are one run
-                self.queue[last] += n
-                return
-        self.queue[Hole()] = n
-
     def _append_chain(self, key, n: int) -> None:
         if n <= 0:
             return
@@ -239,19 +221,21 @@ class BlockPool:
 
     # ---- allocate / release ----------------------------------------------------------------
     def allocate(self, n: int) -> bool:
-        """Take n blocks from the front of the free queue, evicting the cached ones among them.
-        Check-then-act: returns False and changes nothing when there are not enough."""
+        """Take n blocks from the front of the free queue: unhashed ones first, then cached ones
+        LRU-first (evicting them). Check-then-act: returns False and changes nothing when there
+        are not enough."""
         if n <= 0:
             return True
         if n > self.free:
             return False
+        take = min(n, self.empty)
+        self.empty -= take
+        n -= take
         queue, resident = self.queue, self.resident
         while n:
             key, count = next(iter(queue.items()))
             t = min(count, n)
-            if isinstance(key, Hole):
-                self.empty -= t
-            elif isinstance(key, Orphan):
+            if isinstance(key, Orphan):
                 self.orphaned -= t
             else:
                 self.cached_free -= t
@@ -275,15 +259,16 @@ class BlockPool:
     ) -> None:
         """A request ends (finished or preempted) holding `num_blocks` blocks, `shared_blocks`
         of them through a reference to the shared chain `prefix_key` (whose full length is
-        `prefix_blocks`), with `computed` tokens of KV. Its blocks go to the back of the free
-        queue tail-first (vLLM frees reversed(req_blocks)): the partial last block and any
-        private duplicate as a hole, then its own full blocks (cached), then the shared chain's
-        if it was the last to reference it."""
+        `prefix_blocks`), with `computed` tokens of KV. Its unhashed blocks (the partial last
+        one; a private duplicate of a shared block too, which vLLM would keep hashed: a
+        documented simplification, unreachable under FCFS) go to the front of the free queue;
+        its own full blocks (cached) to the back tail-first, then the shared chain's if it was
+        the last to reference it (vLLM frees reversed(req_blocks))."""
         full = computed // self.block_size
         private = num_blocks - shared_blocks
         chain_ok = shared_blocks >= prefix_blocks  # it holds the whole shared prompt (or none)
         own = min(max(0, full - prefix_blocks), private) if chain_ok else 0
-        self._append_hole(private - own)
+        self.empty += private - own
         self.resident[chain_key] = own
         self._append_chain(chain_key, own)
         if shared_blocks:

@@ -134,9 +134,7 @@ class KVCacheManager:
             # vLLM hashes full blocks as they are scheduled: the shared-prompt blocks this
             # chunk completes are hits for whoever is admitted next, this step included.
             covered = min(req.prefix_blocks, upto // self.block_size)
-            blocks.shared_blocks = pool.extend_shared(
-                req.prefix_key, blocks.shared_blocks, covered
-            )
+            blocks.shared_blocks = pool.extend_shared(req.prefix_key, blocks.shared_blocks, covered)
         return blocks
 
     def allocate_decode_slots(self, num_blocks: int) -> bool:
@@ -259,8 +257,8 @@ class KVCacheManager:
     def _check_queues(self) -> None:
         """The free queue and the pins hold whole resident runs, each counted once."""
         pool = self.pool
-        if sum(pool.queue.values()) != pool.free:
-            raise AssertionError("free count differs from the free queue")
+        if sum(pool.queue.values()) != pool.hashed_free:
+            raise AssertionError("hashed free count differs from the free queue")
         if sum(pool.lru.values()) != pool.cached_free:
             raise AssertionError("cached-free count differs from the free queue")
         if sum(pool.pinned.values()) != pool.pinned_total or set(pool.pinned) & set(pool.lru):
