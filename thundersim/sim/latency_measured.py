@@ -78,6 +78,17 @@ AIC_MODELS = {
     "Qwen3-Coder-30B-A3B-Instruct": "Qwen/Qwen3-30B-A3B",
     "gpt-oss-120b": "openai/gpt-oss-120b",
 }
+# FP8 weights of these models are their vendor's published FP8 checkpoint, block-wise FP8
+# (config.json quantization_config: fp8, weight_block_size [128, 128]), served as such by vLLM;
+# the package bundles their configs and infers the quant modes (fp8_block) from them. Other
+# models' FP8 (Meta publishes no FP8 Llama-3.1-8B/70B, Qwen3-8B-FP8 is not bundled) is vLLM's
+# per-tensor FP8 of the BF16 checkpoint (`--quantization fp8`).
+# provenance: spec — Qwen/Qwen3-32B-FP8, Qwen3-235B-A22B-FP8, Qwen3-30B-A3B-FP8 config.json
+AIC_FP8_CHECKPOINTS = {
+    "Qwen3-32B": "Qwen/Qwen3-32B-FP8",
+    "Qwen3-235B-A22B": "Qwen/Qwen3-235B-A22B-FP8",
+    "Qwen3-Coder-30B-A3B-Instruct": "Qwen/Qwen3-30B-A3B-FP8",
+}
 # Catalog dtype -> aiconfigurator quant mode (common.GEMMQuantMode / KVCacheQuantMode names).
 # provenance: spec — aiconfigurator-core 0.12.0 sdk/common.py quant-mode enums
 AIC_QUANT = {"fp8": "fp8", "bf16": "bfloat16"}
@@ -145,6 +156,9 @@ def engine_key(setup: Setup) -> tuple:
                 f"not {setup.weight_dtype}"
             )
         gemm = moe = None  # inferred from the bundled config's quantization_config
+    elif setup.weight_dtype == "fp8" and setup.model.name in AIC_FP8_CHECKPOINTS:
+        model_path = AIC_FP8_CHECKPOINTS[setup.model.name]
+        gemm = moe = None  # block-wise FP8, inferred from the checkpoint's config
     elif setup.weight_dtype in AIC_QUANT:
         gemm = moe = AIC_QUANT[setup.weight_dtype]
     else:
@@ -330,16 +344,19 @@ def measured_step_time(setup: Setup) -> MeasuredStepTime:
     hit = _MEASURED.get(key)
     if hit is None:
         system, model_path, tp, gemm, moe, kv = key
-        quant = f"weights {gemm or 'native'}, KV {kv}"
+        quant = f"weights {gemm or 'as the checkpoint'}, KV {kv}"
         source = (
             f"{AIC_PACKAGE} {AIC_VERSION} measured vLLM op tables ({system}, {model_path}, "
             f"TP{tp}, {quant})"
         )
-        model = MeasuredStepTime(_compile(key), setup.model.max_context, source)
+        handle = _compile(key)
         try:  # a table that is missing fails here, not in the middle of a run
+            model = MeasuredStepTime(handle, setup.model.max_context, source)
             model.iteration_time(1, 1.0, 1.0, 1)
             model.iteration_time(64, 64 * 65 / 2, 0.0, 1)
-        except Exception as exc:
+        except Unmodelled:
+            raise
+        except Exception as exc:  # the package's own errors (no table, no FLOPs for a dtype)
             raise Unmodelled(f"{source}: {exc}") from exc
         hit = _MEASURED[key] = model
     return hit
@@ -347,12 +364,43 @@ def measured_step_time(setup: Setup) -> MeasuredStepTime:
 
 # ---- the per-setup default, decided by experiments/bench_latency_silicon.py ------------------
 # Validation, not calibration: the silicon rows (measured end-to-end TTFT/TPOT) are used for
-# one decision only, which backend is a setup's default; nothing is tuned to them. Keyed by
-# (catalog model, GPU); a pair absent here defaults to the measured backend where the package
-# can model it (and to the roofline where it cannot).
+# one decision only, which backend is a setup's default (the lower TPOT MAPE over the pair's
+# rows, any TP and dtype; TTFT is dominated by the clients' synchronisation and the server's
+# front end, which neither backend models); nothing is tuned to them. Keyed by (catalog model,
+# GPU); a pair absent here defaults to the measured backend where the package can model it
+# (and to the roofline where it cannot). Regenerate with the command quoted in each entry.
 # provenance: measured — experiments/bench_latency_silicon.py against aiconfigurator-core 0.12.0
 # systems/silicon_sample.csv (the MAPEs quoted in each entry)
-DEFAULT_BACKEND: dict[tuple[str, str], tuple[str, str]] = {}
+DEFAULT_BACKEND: dict[tuple[str, str], tuple[str, str]] = {
+    ("Llama-3.1-70B", "H100-SXM"): (
+        "measured",
+        "TPOT MAPE over 45 silicon rows: measured 8.0 %, roofline 17.0 % (TTFT 38 % / 60 %; python experiments/bench_latency_silicon.py)",
+    ),
+    ("Llama-3.1-70B", "H200"): (
+        "measured",
+        "TPOT MAPE over 60 silicon rows: measured 6.1 %, roofline 16.2 % (TTFT 80 % / 92 %; python experiments/bench_latency_silicon.py)",
+    ),
+    ("Llama-3.1-8B", "H200"): (
+        "roofline",
+        "TPOT MAPE over 21 silicon rows: measured 88.6 %, roofline 64.1 % (TTFT 72 % / 66 %; python experiments/bench_latency_silicon.py)",
+    ),
+    ("Qwen3-235B-A22B", "H200"): (
+        "measured",
+        "TPOT MAPE over 26 silicon rows: measured 23.7 %, roofline 55.9 % (TTFT 57 % / 83 %; python experiments/bench_latency_silicon.py)",
+    ),
+    ("Qwen3-32B", "H100-SXM"): (
+        "roofline",
+        "TPOT MAPE over 93 silicon rows: measured 22.6 %, roofline 17.4 % (TTFT 63 % / 66 %; python experiments/bench_latency_silicon.py)",
+    ),
+    ("gpt-oss-120b", "H100-SXM"): (
+        "roofline",
+        "TPOT MAPE over 69 silicon rows: measured 51.0 %, roofline 46.4 % (TTFT 68 % / 83 %; python experiments/bench_latency_silicon.py)",
+    ),
+    ("gpt-oss-120b", "H200"): (
+        "measured",
+        "TPOT MAPE over 75 silicon rows: measured 13.3 %, roofline 22.1 % (TTFT 66 % / 82 %; python experiments/bench_latency_silicon.py)",
+    ),
+}
 
 
 @dataclass(frozen=True)
