@@ -166,3 +166,40 @@ def test_non_positive_kv_override_is_named_as_the_problem():
     for bad in (0, -5):
         with pytest.raises(ValueError, match="KV capacity override must be > 0"):
             make_setup(kv_capacity_override=bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "layers", "kv_heads", "head_dim", "experts", "per_token", "context"),
+    [
+        # each from its published config.json
+        ("Qwen3-32B", 64, 8, 128, 0, 0, 40960),
+        ("Qwen3-Coder-30B-A3B-Instruct", 48, 4, 128, 128, 8, 262144),
+        ("gpt-oss-120b", 36, 8, 64, 128, 4, 131072),
+        ("GLM-4.6", 92, 8, 128, 160, 8, 202752),
+    ],
+)
+def test_agentic_models_carry_their_published_configs(
+    name, layers, kv_heads, head_dim, experts, per_token, context
+):
+    """Layers, KV heads, head dim, routed experts, experts per token and context window as
+    each model's config.json gives them; MoE models stream fewer parameters than they hold."""
+    m = MODELS[name]
+    assert (m.n_layers, m.n_kv_heads, m.head_dim) == (layers, kv_heads, head_dim)
+    assert (m.n_experts, m.experts_per_token, m.max_context) == (experts, per_token, context)
+    assert m.kv_bytes_per_token("bf16") == 2 * layers * kv_heads * head_dim * 2
+    if experts:
+        assert m.active_params < m.total_params
+        assert 0 < m.always_read_params < m.total_params / 10  # the experts are the bulk
+
+
+def test_gpt_oss_120b_in_its_mxfp4_checkpoint_fits_one_h100_and_not_in_fp8():
+    """MXFP4 is 4.25 bits a weight (4-bit elements, one 8-bit scale per 32): 116.8B weights are
+    62 GB, which one 80 GB H100 holds (as OpenAI states); in FP8 (117 GB) they do not."""
+    from thundersim.sim.catalog import DTYPE_BYTES
+
+    assert DTYPE_BYTES["mxfp4"] == 4.25 / 8
+    setup = make_setup("H100-SXM", "gpt-oss-120b", tp=1, weight_dtype="mxfp4", kv_dtype="bf16")
+    assert setup.weight_bytes == pytest.approx(62.05e9, rel=1e-3)
+    assert setup.kv_capacity_tokens > 100_000
+    with pytest.raises(ValueError, match="gpt-oss-120b"):
+        make_setup("H100-SXM", "gpt-oss-120b", tp=1, weight_dtype="fp8")

@@ -546,3 +546,19 @@ def test_skip_ahead_reproduces_the_reference_with_a_per_sequence_cost(small_trac
     plain = _run(small_trace).summary
     decode_s = fast.summary["step_breakdown_mean_s"]["decode_s"]
     assert decode_s > plain["step_breakdown_mean_s"]["decode_s"]
+
+
+def test_the_roofline_is_a_step_time_model_named_roofline_and_a_calibrated_profile_calibrated():
+    """Both kinds of LatencyModel satisfy the engine's StepTimeModel protocol and say which
+    they are: a roofline profile is the roofline (the fallback), a measured one calibrated."""
+    import dataclasses
+
+    from thundersim.sim.latency import StepTimeModel
+
+    roofline = LatencyModel(roofline_profile(make_setup()))
+    assert isinstance(roofline, StepTimeModel)
+    assert roofline.backend == "roofline" and roofline.source.startswith("roofline(GLM-4.6")
+    calibrated = LatencyModel(
+        dataclasses.replace(roofline_profile(make_setup()), source="calibrated against x")
+    )
+    assert calibrated.backend == "calibrated" and calibrated.source == "calibrated against x"
