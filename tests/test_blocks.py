@@ -167,7 +167,7 @@ def release(pool, r: Running, computed: int | None = None, running=None) -> None
 
 def _holder(n: int) -> Running:
     """Stand-in for requests that took n blocks straight from `allocate`."""
-    return Running("holder", None, 0, 0, Lookup(0, 0, 0, False, 0), n, 0, 0)
+    return Running("holder", None, 0, 0, Lookup(0, 0, 0, 0, False, 0), n, 0, 0)
 
 
 # ---- the free queue and allocation --------------------------------------------------------
@@ -599,10 +599,11 @@ def test_acquire_on_a_broken_chain_orphans_the_programs_blocks_where_they_are():
     assert (pool.empty, runs(pool)) == (1, [("orphan", 3), ("z", 2)])
     assert r.shared_blocks == 3 and pool.resident[SK] == 3  # block 3 scheduled: chain repaired
     check(pool, [r])
+    # an orphan is hashed, so reusing it is an eviction (as vLLM counts it): 1 before, +1, +3
     assert pool.allocate(2)  # the last unhashed block and one orphan
-    assert (pool.empty, runs(pool), pool.evicted) == (0, [("orphan", 2), ("z", 2)], 1)
+    assert (pool.empty, runs(pool), pool.evicted) == (0, [("orphan", 2), ("z", 2)], 2)
     assert pool.allocate(3)  # the 2 orphans, then z's tail (z is reusable, the orphans not)
-    assert runs(pool) == [("z", 1)] and (pool.resident["z"], pool.evicted) == (1, 2)
+    assert runs(pool) == [("z", 1)] and (pool.resident["z"], pool.evicted) == (1, 5)
     check(pool, [r, _holder(5)])
     release(pool, r)  # 30 tokens: 7 full = 3 shared + 4 own, 1 partial
     check(pool, [_holder(5)])
@@ -965,3 +966,42 @@ def test_a_request_that_leaves_and_rejoins_the_decode_group_finishes_once():
     assert group.pop_finished() == [r]
     group.remove(r)
     assert group.count == 0 and group.pop_finished() == []
+
+
+def test_a_prompt_that_is_the_shared_prompt_takes_the_whole_chain_along():
+    """A 12-token prompt on a 3-block shared prompt hits at most 2 blocks (vLLM leaves one token
+    to compute), yet takes all 3 resident blocks along, so every holder holds the whole chain:
+    after it runs, its own output blocks are reachable for its next call."""
+    from thundersim.sim.kv_cache_manager import KVCacheManager
+
+    kv = KVCacheManager(21, B)  # 20 usable blocks
+    pool = kv.pool
+    assert pool.allocate(3)
+    assert pool.extend_shared(SK, 0, 3) == 3  # someone computed the shared prompt...
+    pool.release(SK, 3, 3, "a", 3, 12)  # ...and ended: the chain is cached, refs 0
+    look = pool.lookup(SK, 3, "c", 12)
+    assert (look.shared_hit, look.shared_taken, look.own_hit) == (2, 3, 0)
+    assert look.free_after == 20 - 3
+    assert pool.acquire(SK, "c", look) == 3 and pool.refs[SK] == 1
+    assert pool.allocate(3)  # 3 blocks for tokens 12..23 (it computes 21 of them)
+    pool.release(SK, 3, 3, "c", 6, 21)  # 21 computed: 5 full blocks, 2 its own
+    assert pool.resident["c"] == 2 and pool.lru == {"c": 2, SK: 3}
+    look = pool.lookup(SK, 3, "c", 30)
+    assert (look.shared_hit, look.own_hit) == (3, 2)
+
+
+def test_a_broken_chains_pinned_run_counts_as_free_in_the_lookup():
+    """Acquiring on a broken chain turns the program's pinned run into free orphans: the
+    lookup's free_after already counts them."""
+    pool = BlockPool(14, B)
+    assert pool.allocate(6)
+    assert pool.extend_shared(SK, 0, 3) == 3
+    pool.release(SK, 3, 3, "p1", 6, 24)  # 6 blocks, 3 shared + 3 own cached
+    assert pool.pin("p1") == 3
+    assert pool.allocate(8 + 1)  # 8 empty, then the shared chain's tail block
+    assert pool.resident[SK] == 2
+    look = pool.lookup(SK, 3, "p1", 40)
+    assert look.broken and pool.free == 2
+    assert look.free_after == 0 + 3  # the shared hit leaves the queue; the pinned 3 turn free
+    pool.acquire(SK, "p1", look)
+    assert pool.free == look.free_after

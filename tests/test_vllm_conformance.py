@@ -18,6 +18,7 @@ import pytest
 from thundersim.conformance import compare as cmp
 from thundersim.conformance.sim_side import replay
 from thundersim.conformance.workloads import WORKLOADS, program_tokens
+from thundersim.engine_adapters.local import TINY_LLAMA
 from thundersim.sim import scheduler as scheduler_module
 from thundersim.sim.blocks import BlockPool
 
@@ -31,7 +32,7 @@ def vllm_records():
     """vLLM's records of every workload, from one run of its scheduler."""
     workloads = [make() for make in WORKLOADS.values()]
     with tempfile.TemporaryDirectory() as tmp:
-        records = cmp.run_vllm_side(workloads, VLLM_PYTHON, Path(tmp))
+        records = cmp.run_vllm_side(workloads, VLLM_PYTHON, Path(tmp), TINY_LLAMA)
     assert records.pop("__version__") == "0.32.0"  # the version `make vllm` pins
     return {w.name: (w, records[w.name]) for w in workloads}
 

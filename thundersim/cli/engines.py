@@ -34,7 +34,7 @@ from thundersim.conformance.compare import (
 )
 from thundersim.conformance.workloads import WORKLOADS
 from thundersim.core.policy import PolicyOptions, parse_params
-from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
+from thundersim.engine_adapters.local import TINY_LLAMA, TINY_VOCAB, LocalEngines
 from thundersim.engine_adapters.registry import make_backends
 from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.lab.data import find
@@ -149,7 +149,7 @@ def conformance_cmd(
         fail(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
     try:
         workloads = [WORKLOADS[w]() for w in workload or WORKLOADS]
-        version, results = run_conformance(workloads, python)
+        version, results = run_conformance(workloads, python, TINY_LLAMA)
     except (ValueError, RuntimeError, OSError) as exc:
         fail(str(exc))
     typer.echo(conformance_report(version, results))

@@ -66,16 +66,13 @@ def compare(name: str, description: str, vllm: list[dict], sim: list[dict]) -> W
     return WorkloadResult(name, description, len(vllm), len(sim), divergent, first, totals)
 
 
-def tiny_model_config() -> dict:
-    """The live tests' tiny Llama config (the model's shape does not matter to scheduling)."""
-    from thundersim.engine_adapters.local import TINY_LLAMA
-
-    return dict(TINY_LLAMA)
-
-
-def run_vllm_side(workloads: list[Workload], python: str, workdir: Path) -> dict[str, list[dict]]:
-    """vllm_side in `python`; its records by workload, and the vLLM version as '__version__'."""
-    model = tiny_model_config()
+def run_vllm_side(
+    workloads: list[Workload], python: str, workdir: Path, model_config: dict
+) -> dict[str, list[dict]]:
+    """vllm_side in `python`; its records by workload, and the vLLM version as '__version__'.
+    `model_config` is a config.json for vLLM's ModelConfig (its shape does not matter to
+    scheduling: the CLI passes the live tests' tiny Llama)."""
+    model = dict(model_config)
     streams = {w.name: to_stream(w, max_model_len(w), model) for w in workloads}
     src = workdir / "streams.json"
     out = workdir / "vllm_traces.jsonl"
@@ -100,11 +97,11 @@ def run_vllm_side(workloads: list[Workload], python: str, workdir: Path) -> dict
 
 
 def run_conformance(
-    workloads: list[Workload], python: str, workdir: Path | None = None
+    workloads: list[Workload], python: str, model_config: dict, workdir: Path | None = None
 ) -> tuple[str, list[WorkloadResult]]:
     """(vLLM version, one result per workload)."""
     with tempfile.TemporaryDirectory(prefix="thundersim_conformance_") as tmp:
-        vllm = run_vllm_side(workloads, python, Path(workdir or tmp))
+        vllm = run_vllm_side(workloads, python, Path(workdir or tmp), model_config)
     version = vllm.pop("__version__")
     results = [compare(w.name, w.description, vllm[w.name], replay(w)) for w in workloads]
     return version, results

@@ -10,7 +10,10 @@ and the simulator's chains name the same blocks. `to_stream` writes a workload a
 events (thundersim.conformance.vllm_side); thundersim.conformance.sim_side replays the same
 turns as thundersim Requests.
 
-The workloads are the ones the conformance issue asks for, small enough to run in seconds:
+The numbers inside each workload (seeds, sizes, pools) are test inputs, definitions chosen so
+that the workload exercises the behaviour it is named for (tests/test_vllm_conformance.py
+checks that it does, on vLLM's side); none is a measurement. The workloads are the ones the
+conformance issue asks for, small enough to run in seconds:
 multi-turn agents sharing a system prompt without pressure, eviction between turns, heavy
 pressure with preemption, prompts longer than the token budget under pressure, a max_num_seqs
 cap, and the bundled swe trace scaled down.
@@ -31,7 +34,8 @@ VOCAB = 2048  # provenance: definition — the tiny Llama's vocabulary (engine_a
 class Turn:
     new_tokens: int
     output_tokens: int
-    delay_steps: int = 0  # steps between the previous turn's finish and this turn's arrival
+    # steps between the previous turn's finish and this turn's arrival
+    delay_steps: int = 0  # provenance: definition — none: the next turn comes at once
     reset: bool = False  # the context restarts from the shared prompt (a new KV chain)
 
 
@@ -41,7 +45,7 @@ class ConformanceProgram:
     arrival_step: int
     turns: tuple[Turn, ...]
     prefix_id: str | None = None
-    prefix_tokens: int = 0
+    prefix_tokens: int = 0  # provenance: definition — no shared prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,7 @@ def _agents(
 
 
 def shared_prompt() -> Workload:
-    rng = random.Random(1)  # provenance: definition — the workload's seed
+    rng = random.Random(1)
     return Workload(
         "shared_prompt",
         "8 agents on one 100-token system prompt, 4 turns each, started together; no pressure",
@@ -177,7 +181,7 @@ def shared_prompt() -> Workload:
 
 
 def eviction_between_turns() -> Workload:
-    rng = random.Random(2)  # provenance: definition — the workload's seed
+    rng = random.Random(2)
     return Workload(
         "eviction_between_turns",
         "12 agents on a shared prompt with long tools (20-60 steps): their cached context is "
@@ -188,7 +192,7 @@ def eviction_between_turns() -> Workload:
 
 
 def preemption() -> Workload:
-    rng = random.Random(3)  # provenance: definition — the workload's seed
+    rng = random.Random(3)
     return Workload(
         "preemption",
         "10 agents with long outputs on a pool that holds about 3 of them: decode growth "
@@ -199,7 +203,7 @@ def preemption() -> Workload:
 
 
 def long_prompts() -> Workload:
-    rng = random.Random(4)  # provenance: definition — the workload's seed
+    rng = random.Random(4)
     return Workload(
         "long_prompts",
         "6 agents whose prompts (150-500 tokens) exceed the 64-token budget, under pressure: "
@@ -210,7 +214,7 @@ def long_prompts() -> Workload:
 
 
 def seq_cap() -> Workload:
-    rng = random.Random(5)  # provenance: definition — the workload's seed
+    rng = random.Random(5)
     return Workload(
         "max_num_seqs_cap",
         "12 single-turn and two-turn requests with max_num_seqs=3: the cap, not memory, queues",

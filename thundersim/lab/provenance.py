@@ -73,6 +73,8 @@ COVERED = (
     ("thundersim.sim", "catalog.py"),
     ("thundersim.sim", "sandbox.py"),
     ("thundersim.sim", "latency.py"),
+    ("thundersim.sim", "latency_measured.py"),
+    ("thundersim.conformance", "workloads.py"),
     ("thundersim.sim", "engine.py"),
     ("thundersim.core", "envs.py"),
     ("thundersim.core", "policy.py"),

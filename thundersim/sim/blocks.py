@@ -52,6 +52,7 @@ class Lookup:
     """Result of a prefix-cache lookup for one admission (a check: nothing changes)."""
 
     shared_hit: int  # shared-prefix blocks hit
+    shared_taken: int  # shared-prefix blocks taken along (the whole resident chain, if any hit)
     own_hit: int  # program blocks hit (after the shared prefix)
     own_resident: int  # program blocks resident (taken along, may exceed own_hit by the cap)
     broken: bool  # shared chain incomplete: the program's own blocks are unreachable
@@ -173,12 +174,20 @@ class BlockPool:
         max_hit = (num_tokens - 1) // B
         shared_hit = min(shared_res, max_hit)
         own_hit = min(own_res, max_hit - shared_hit)
+        # A hit cut short by the cap (a prompt that is the shared prompt, block-aligned) still
+        # takes the whole resident chain: every holder holds all of it. vLLM leaves the block
+        # past the cap free and computes a duplicate of it; the difference is one block while
+        # such a request runs (a deliberate simplification, as for own_resident).
+        shared_taken = shared_res if shared_hit else 0
         in_queue = 0
         if shared_hit and self.refs.get(prefix_key, 0) == 0:
             in_queue += self.queue.get(prefix_key, 0)
         if own_res:
             in_queue += self.queue.get(chain_key, 0)
-        return Lookup(shared_hit, own_hit, own_res, broken, self.free - in_queue)
+        freed = self.pinned.get(chain_key, 0) if broken else 0  # acquire orphans a pinned run
+        return Lookup(
+            shared_hit, shared_taken, own_hit, own_res, broken, self.free - in_queue + freed
+        )
 
     def acquire(self, prefix_key, chain_key, look: Lookup) -> int:
         """Take the hit blocks out of the free queue for a starting request. Returns the number
@@ -198,7 +207,7 @@ class BlockPool:
             if self.refs.get(prefix_key, 0) == 0:
                 self.cached_free -= self.queue.pop(prefix_key)
             self.refs[prefix_key] = self.refs.get(prefix_key, 0) + 1
-            taken += look.shared_hit
+            taken += look.shared_taken
         if look.own_resident:
             self._take_cached(chain_key)
             taken += look.own_resident
@@ -235,11 +244,11 @@ class BlockPool:
         while n:
             key, count = next(iter(queue.items()))
             t = min(count, n)
+            self.evicted += t  # an orphan is hashed too: vLLM counts its reuse as an eviction
             if isinstance(key, Orphan):
                 self.orphaned -= t
             else:
                 self.cached_free -= t
-                self.evicted += t
                 resident[key] -= t  # a chain loses its tail blocks first
             if t == count:
                 queue.popitem(last=False)

@@ -9,7 +9,7 @@
   (vllm/v1/request.py);
 - thundersim.sim.accounting: the counters and the stats reported from them.
 This module is the replica itself (vLLM's EngineCore busy loop, vllm/v1/engine/core.py): each
-step schedules a batch, sleeps the iteration's time from a `LatencyModel` (the model executor)
+step schedules a batch, sleeps the iteration's time from a `StepTimeModel` (the model executor)
 and hands the result back to the scheduler.
 
 Skipping ahead: while every running request is decoding and the waiting head cannot be
@@ -34,7 +34,7 @@ from thundersim.core.cluster import chain_program
 from thundersim.sim.accounting import EngineCounters, engine_stats, kv_snapshot
 from thundersim.sim.catalog import GPU, GiB
 from thundersim.sim.kv_cache_manager import KVCacheManager
-from thundersim.sim.latency import LatencyModel
+from thundersim.sim.latency import StepTimeModel
 from thundersim.sim.request import EngineRequest
 from thundersim.sim.scheduler import Scheduler, SchedulerOutput
 
@@ -88,7 +88,7 @@ class SimBackend:
         env: simpy.Environment,
         index: int,
         capacity_tokens: int,
-        latency: LatencyModel,
+        latency: StepTimeModel,
         block_size: int = DEFAULT_BLOCK_SIZE,
         max_batched_tokens: int = DEFAULT_MAX_BATCHED_TOKENS,
         max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,

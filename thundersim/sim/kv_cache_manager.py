@@ -75,7 +75,7 @@ class KVCacheManager:
         if hit is None:
             num_blocks = self._blocks[req.request_id].num_blocks
             return max(0, _blocks_for(req.num_computed_tokens + num_tokens, B) - num_blocks)
-        taken = hit.shared_hit + hit.own_resident
+        taken = hit.shared_taken + hit.own_resident
         return max(0, _blocks_for(hit.hit_blocks * B + num_tokens, B) - taken)
 
     def num_cached_blocks(self, running: Iterable[EngineRequest]) -> int:
@@ -127,7 +127,7 @@ class KVCacheManager:
         else:
             taken = pool.acquire(req.prefix_key, req.chain_key, hit)
             pool.allocate(need)
-            blocks = RequestBlocks(taken + need, hit.shared_hit, hit.hit_blocks)
+            blocks = RequestBlocks(taken + need, hit.shared_taken, hit.hit_blocks)
             self._blocks[req.request_id] = blocks
             upto = hit.hit_blocks * self.block_size + num_tokens
         if req.prefix_blocks and blocks.shared_blocks < req.prefix_blocks:
@@ -235,9 +235,13 @@ class KVCacheManager:
             if pool.refs.get(key, 0) != n:
                 raise AssertionError(f"{key}: refcount {pool.refs.get(key)} != {n} users")
             allocated += pool.resident[key]
-        for req in running:  # every holder holds the whole resident chain (vLLM's FCFS order)
+        for req in running:
+            # Every holder holds the whole resident chain, up to its own prompt's share of it
+            # (vLLM's FCFS order makes every admission see the chain's end). A shorter prompt
+            # on the same shared id holds the first blocks only; the model keeps the whole chain
+            # referenced while it runs, where vLLM would let the blocks past its end go.
             shared = self._blocks[req.request_id].shared_blocks
-            if shared and shared != pool.resident[req.prefix_key]:
+            if shared and shared != min(req.prefix_blocks, pool.resident[req.prefix_key]):
                 raise AssertionError(
                     f"{req.chain_key}: holds {shared} blocks of {req.prefix_key}, which has "
                     f"{pool.resident[req.prefix_key]}"
