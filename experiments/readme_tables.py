@@ -153,13 +153,36 @@ TABLES: tuple[Table, ...] = (
             Col("large: max (s)", "large_max_s", fmt=",.0f"),
         ),
     ),
+    # README "The engine model": step times against measured vLLM deployments
+    # (experiments/bench_latency_silicon.py; validation only, nothing fitted to these rows)
+    Table(
+        name="latency_silicon",
+        source="experiments/results/latency_silicon_summary.csv",
+        columns=(
+            Col("model", "model"),
+            Col("GPU", "gpu"),
+            Col("rows", "rows", fmt=",.0f"),
+            Col(
+                "TPOT error: roofline / measured (%)",
+                ("roofline_tpot", "measured_tpot"),
+                fmt=(".1f", ".1f"),
+            ),
+            Col(
+                "TTFT error: roofline / measured (%)",
+                ("roofline_ttft", "measured_ttft"),
+                fmt=(".1f", ".1f"),
+            ),
+            Col("default", "default"),
+        ),
+    ),
     # README "Live mode": the simulator against a real vLLM after calibration
     Table(
         name="live_fidelity",
         source="experiments/results/live_fidelity.json",
         json_records="records",
-        where={"metric": ("throughput_steps_per_min", "kv_hit_rate")},
+        where={"metric": ("throughput_steps_per_min", "kv_hit_rate", "preemptions")},
         columns=(
+            Col("scenario", "scenario"),
             Col("policy", "policy", template="`{}`"),
             Col(
                 "metric",
@@ -167,6 +190,7 @@ TABLES: tuple[Table, ...] = (
                 labels={
                     "throughput_steps_per_min": "throughput, whole run (steps/min)",
                     "kv_hit_rate": "KV hit rate",
+                    "preemptions": "preemptions",
                 },
             ),
             Col("sim", "sim"),

@@ -307,17 +307,25 @@ def draw_validation(spec: Spec, sweep, res: FigureResult, out: Path) -> None:
     t = t[t.metric != "preemptions"]
     fig, ax = plt.subplots(figsize=(3.3, 2.4))
     short = {"throughput_steps_per_min": "tput (whole run)", "kv_hit_rate": "hit rate"}
-    labels = [f"{r.policy}\n{short.get(r.metric, r.metric)}" for r in t.itertuples()]
+    scenario = t["scenario"] if "scenario" in t else pd.Series("", index=t.index)
+    labels = [
+        f"{s}\n{r.policy}\n{short.get(r.metric, r.metric)}".lstrip("\n")
+        for s, r in zip(scenario, t.itertuples(), strict=True)
+    ]
     ax.bar(labels, 100 * t.rel_error)
+    ax.tick_params(axis="x", labelsize=5)
     ax.axhline(15, color="gray", ls=":", lw=1)
     ax.axhline(-15, color="gray", ls=":", lw=1)
     ax.set_ylabel("sim vs live error (%)")
     fig.suptitle(spec.title, fontsize=8, y=1.04)
     _save(fig, res, out)
-    res.table_md = "| policy | metric | sim | live | error |\n|---|---|---|---|---|\n" + "\n".join(
-        f"| {r['policy']} | {r['metric']} | {fmt(r['sim'])} | {fmt(r['live'])} | "
-        f"{fmt_pct(r['rel_error'])} |"
-        for r in records
+    res.table_md = (
+        "| scenario | policy | metric | sim | live | error |\n|---|---|---|---|---|---|\n"
+        + "\n".join(
+            f"| {r.get('scenario', '')} | {r['policy']} | {r['metric']} | {fmt(r['sim'])} | "
+            f"{fmt(r['live'])} | {fmt_pct(r['rel_error'])} |"
+            for r in records
+        )
     )
     if isinstance(data, dict) and data.get("setup"):
         res.reading.append(f"Setup: {data['setup']}")
