@@ -8,8 +8,11 @@ Reading guide:
   (the blocks each request holds, prefix lookup), `blocks.py` (the block pool, prefix cache,
   LRU eviction), `request.py` (a request's progress: computed of total tokens),
   `decoding.py` (decoding requests advanced together: skip-ahead), `accounting.py`
-  (counters, stats, the KV snapshot);
-- `latency.py`: iteration time (roofline or a calibrated profile);
+  (counters, stats, the KV snapshot). thundersim.conformance checks what it schedules against
+  vLLM's own scheduler, step by step;
+- `latency.py`: the StepTimeModel protocol, the roofline (the fallback) and calibrated
+  profiles; `latency_measured.py`: step times from aiconfigurator-core's measured op tables,
+  and which backend each setup gets by default;
 - `catalog.py`: GPUs and models from their published specs; Setup -> KV capacity;
 - `sandbox.py`: simulated tool environments; preparation as a shared service.
 """
