@@ -19,17 +19,25 @@ the shared prefix plus its own input only, and nothing of the old context is reu
 Loading is all-or-nothing: ``load_trace`` (thundersim.traces.loader) validates every line and
 raises ``TraceError`` with ``PATH:LINE: what is wrong (field NAME)`` on the first bad one, so a
 typo never turns into a silently different experiment and nothing is ever half-loaded.
+Numbers are bounded far above any real run (MAX_SECONDS, MAX_TOKENS, MAX_DISK_BYTES, MAX_PORTS
+below), and ids and names (program id, workload, prefix id, tool) hold no control characters.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "MAX_DISK_BYTES",
+    "MAX_PORTS",
+    "MAX_SECONDS",
+    "MAX_TOKENS",
     "TRACE_VERSION",
     "EnvSpec",
+    "LongInt",
     "ProgramSpec",
     "StepSpec",
     "TraceError",
@@ -38,6 +46,21 @@ __all__ = [
 ]
 
 TRACE_VERSION = 1
+
+# Bounds on a line's numbers: far above anything a real agent run records, yet low enough that
+# the simulator's clock and counters stay exact and every output finite. A value beyond one is a
+# corrupt or synthetic line, refused at load rather than simulated for ever (an arrival at 1e300 s
+# never comes) or overflowing while results are written.
+# provenance: estimate — one year: no tool call, sandbox preparation or trace span of an
+# agent run lasts longer
+MAX_SECONDS = 365 * 24 * 3600
+# provenance: estimate — 100 M tokens in one call or prefix: 100x the longest context windows
+# served today (1 M tokens)
+MAX_TOKENS = 10**8
+# provenance: estimate — 1 PB: a thousand times the largest sandbox image (1 TB)
+MAX_DISK_BYTES = 10**15
+# provenance: spec — TCP and UDP port numbers are 16 bits (RFC 793): no host has more ports
+MAX_PORTS = 65_535
 
 # Seconds are written with millisecond resolution: finer is noise next to tool and prep times,
 # and a fixed resolution makes dumped traces byte-stable across platforms.
@@ -125,6 +148,27 @@ class TraceError(ValueError):
     """A trace that cannot be loaded; the message is ``PATH:LINE: what is wrong (field NAME)``."""
 
 
+class LongInt:
+    """A JSON integer too long to convert (the loader's ``parse_int`` returns one instead of
+    the int): Python refuses int-string conversion beyond 4,300 digits, and any integer this
+    long is beyond every bound anyway, so the field check reports it with the field's name."""
+
+    __slots__ = ("digits",)
+
+    # provenance: definition — more digits than any bound has (10**15 has 16), far fewer than
+    # Python's int-string conversion limit (4,300)
+    MAX_DIGITS = 30
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+    @classmethod
+    def parse(cls, text: str) -> int | LongInt:
+        """``json.loads(..., parse_int=LongInt.parse)``: the int, or a LongInt when too long."""
+        digits = len(text.lstrip("-"))
+        return cls(digits) if digits > cls.MAX_DIGITS else int(text)
+
+
 # --- validation -------------------------------------------------------------------------------
 
 _TOP_KEYS = ("version", "id", "workload", "arrival_s", "prefix", "env", "steps")
@@ -166,6 +210,8 @@ def _check_keys(
 
 
 def _json_type(value: Any) -> str:
+    if isinstance(value, LongInt):
+        return f"an integer of {value.digits:,} digits"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -181,7 +227,10 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
-def _int(value: Any, where: str, name: str, minimum: int = 0) -> int:
+def _int(value: Any, where: str, name: str, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, LongInt):
+        bound = f", at most {maximum:,}" if maximum is not None else ""
+        raise _fail(where, f"out of range: an integer of {value.digits:,} digits{bound}", name)
     # bool is a subclass of int in Python; `true` in a token count is a bug, not a 1.
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(where, f"expected an integer, got {_json_type(value)}", name)
@@ -189,10 +238,20 @@ def _int(value: Any, where: str, name: str, minimum: int = 0) -> int:
         if minimum == 0:
             raise _fail(where, f"must not be negative, got {value}", name)
         raise _fail(where, f"must be at least {minimum}, got {value}", name)
+    if maximum is not None and value > maximum:
+        raise _fail(where, f"must be at most {maximum:,}, got {value:,}", name)
     return value
 
 
 def _seconds(value: Any, where: str, name: str) -> float:
+    """A duration or arrival time: a finite number of seconds, 0 to MAX_SECONDS (one year)."""
+    if isinstance(value, LongInt):
+        raise _fail(
+            where,
+            f"out of range: an integer of {value.digits:,} digits, "
+            f"at most {MAX_SECONDS:,} seconds (one year)",
+            name,
+        )
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(where, f"expected a number of seconds, got {_json_type(value)}", name)
     value = float(value)
@@ -200,14 +259,37 @@ def _seconds(value: Any, where: str, name: str) -> float:
         raise _fail(where, f"must be finite, got {value}", name)
     if value < 0:
         raise _fail(where, f"must not be negative, got {value}", name)
+    if value > MAX_SECONDS:
+        raise _fail(
+            where, f"must be at most {MAX_SECONDS:,} seconds (one year), got {value:g}", name
+        )
     return value
 
 
+# C0 and C1 control characters (NUL, newline, escape, DEL, NEL, ...) and lone surrogates.
+# In an id they break what the id is for: the simulator joins a program id and a reset count
+# with NUL into a KV chain key ("a" after one reset is "a\x001", which a program with id
+# "a\u00001" would share), a newline splits the line-oriented outputs an id is written to, and a
+# lone surrogate cannot be written as UTF-8 at all.
+_BAD_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _str(value: Any, where: str, name: str, allow_empty: bool = False) -> str:
+    """An id or a name (program id, workload, prefix id, tool): a string without control
+    characters or lone surrogates."""
     if not isinstance(value, str):
         raise _fail(where, f"expected a string, got {_json_type(value)}", name)
     if not value and not allow_empty:
         raise _fail(where, "must not be empty", name)
+    bad = _BAD_CHARS.search(value)
+    if bad:
+        char = bad.group()
+        kind = "lone surrogate" if "\ud800" <= char <= "\udfff" else "control character"
+        raise _fail(
+            where,
+            f"must not contain a {kind}, found U+{ord(char):04X} at character {bad.start() + 1}",
+            name,
+        )
     return value
 
 
@@ -241,6 +323,8 @@ def _check_version(obj: dict, where: str) -> None:
     if "version" not in obj:
         raise _fail(where, "missing required field", "version")
     version = obj["version"]
+    if isinstance(version, LongInt):
+        raise _fail(where, f"unsupported trace version ({_json_type(version)})", "version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise _fail(where, f"expected an integer, got {_json_type(version)}", "version")
     if version != TRACE_VERSION:
@@ -257,7 +341,7 @@ def _prefix_of(obj: dict, where: str) -> tuple[str | None, int]:
         return None, 0
     prefix = _check_keys(obj["prefix"], _PREFIX_KEYS, _PREFIX_KEYS, where, "prefix")
     prefix_id = None if prefix["id"] is None else _str(prefix["id"], where, "prefix.id")
-    prefix_tokens = _int(prefix["tokens"], where, "prefix.tokens")
+    prefix_tokens = _int(prefix["tokens"], where, "prefix.tokens", maximum=MAX_TOKENS)
     if prefix_tokens > 0 and prefix_id is None:
         # Without an id nothing can share the prefix's KV, so it is a mistake, not a prefix.
         raise _fail(where, f"{prefix_tokens} prefix tokens but no prefix id", "prefix.id")
@@ -270,8 +354,10 @@ def _env_of(obj: dict, where: str) -> EnvSpec:
     raw_env = _check_keys(obj["env"], _ENV_KEYS, (), where, "env")
     return EnvSpec(
         prep_s=_seconds(raw_env.get("prep_s", 0.0), where, "env.prep_s"),
-        disk_bytes=_int(raw_env.get("disk_bytes", 0), where, "env.disk_bytes"),
-        ports=_int(raw_env.get("ports", 0), where, "env.ports"),
+        disk_bytes=_int(
+            raw_env.get("disk_bytes", 0), where, "env.disk_bytes", maximum=MAX_DISK_BYTES
+        ),
+        ports=_int(raw_env.get("ports", 0), where, "env.ports", maximum=MAX_PORTS),
     )
 
 
@@ -287,8 +373,12 @@ def _step_of(raw: Any, where: str, name: str) -> StepSpec:
     _check_keys(raw, _STEP_KEYS, _REQUIRED_STEP, where, name)
     # Every call sends at least one new token (the user turn or a tool observation), and
     # an engine always generates at least one token.
-    input_tokens = _int(raw["input_tokens"], where, f"{name}.input_tokens", minimum=1)
-    output_tokens = _int(raw["output_tokens"], where, f"{name}.output_tokens", minimum=1)
+    input_tokens = _int(
+        raw["input_tokens"], where, f"{name}.input_tokens", minimum=1, maximum=MAX_TOKENS
+    )
+    output_tokens = _int(
+        raw["output_tokens"], where, f"{name}.output_tokens", minimum=1, maximum=MAX_TOKENS
+    )
     tool = _str(raw["tool"], where, f"{name}.tool", allow_empty=True)
     tool_s = _seconds(raw["tool_s"], where, f"{name}.tool_s")
     if not tool and tool_s > 0:
