@@ -215,7 +215,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes it)."),
     port: int = typer.Option(8000, help="Port to listen on."),
     token: str = typer.Option(
-        "", envvar="THUNDERSIM_TOKEN", help="Bearer token clients must send (env THUNDERSIM_TOKEN)."
+        "",
+        envvar="THUNDERSIM_TOKEN",
+        help="Bearer token clients must send (visible ASCII). Given here it shows in `ps`: "
+        "prefer the THUNDERSIM_TOKEN environment variable or --token-file.",
+    ),
+    token_file: Path | None = typer.Option(
+        None,
+        help="Read the bearer token from this file's first line (preferred to --token, which "
+        "`ps` shows).",
     ),
     max_body_mb: float = typer.Option(8.0, help="Largest request body accepted, in MiB."),
     idle_release_s: float = typer.Option(
@@ -225,7 +233,7 @@ def serve(
 ) -> None:
     """OpenAI-compatible proxy for real agents: the policy schedules their programs on live
     replicas. Send `program_id` with each call and POST /programs/release at the end."""
-    from thundersim.live.serve import Proxy, ServeConfig, serve_until_stopped
+    from thundersim.live.serve import Proxy, ServeConfig, resolve_token, serve_until_stopped
 
     try:
         urls = urls_of(backends, engine)
@@ -240,7 +248,7 @@ def serve(
         config = ServeConfig(
             host=host,
             port=port,
-            token=token or None,
+            token=resolve_token(token, token_file),
             max_body_bytes=int(max_body_mb * 2**20),
             idle_release_s=idle_release_s,
         )

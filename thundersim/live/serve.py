@@ -13,8 +13,10 @@ unmodified OpenAI client works too. The proxy forwards only to the backends it w
 with: nothing in a request can name another destination.
 
 Also: `GET /programs` (their state), `GET /metrics` (Prometheus), `GET /v1/models`,
-`GET /health`. Binds to 127.0.0.1 unless told otherwise; an optional bearer token guards
-everything but `/health`; bodies above `max_body_bytes` get 413.
+`GET /health`. Binds to 127.0.0.1 unless told otherwise; an optional bearer token (visible
+ASCII; from `--token-file` or THUNDERSIM_TOKEN, so that `ps` does not show it) guards everything
+but `/health`; bodies above `max_body_bytes` get 413. A request is checked in full before its
+program is created (requests.py): a refused one gets a 4xx with the reason and leaves nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -51,6 +54,39 @@ SERVED_TOOL = "agent"  # what a served program does between calls is its agent's
 # provenance: estimate — how often idle programs are looked for: a few seconds is nothing next
 # to the default 30-minute idle release
 REAP_EVERY_S = 5.0
+TOKEN_ENV = "THUNDERSIM_TOKEN"
+
+
+def check_token(token: str) -> None:
+    """A bearer token travels in an HTTP header: visible ASCII only (RFC 6750's b64token is a
+    subset), so a client can send it and the comparison is byte for byte."""
+    if not token:
+        raise ValueError("the bearer token is empty")
+    bad = next((i for i, ch in enumerate(token) if not "!" <= ch <= "~"), None)
+    if bad is not None:
+        raise ValueError(
+            f"the bearer token must be visible ASCII characters without spaces (an HTTP header "
+            f"carries it); character {bad + 1} of {len(token)} is not"
+        )
+
+
+def resolve_token(token: str | None, token_file: Path | str | None) -> str | None:
+    """The bearer token from `--token-file` (its first line, trailing whitespace dropped) or
+    from `--token`/THUNDERSIM_TOKEN; both at once is an error, neither means no token."""
+    if token_file is not None:
+        if token:
+            raise ValueError(
+                f"give the token once: --token-file, or --token / {TOKEN_ENV}, not both"
+            )
+        try:
+            text = Path(token_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the token file {token_file}: {exc}") from None
+        lines = text.splitlines()
+        token = lines[0].strip() if lines else ""
+        if not token:
+            raise ValueError(f"the token file {token_file} is empty")
+    return token or None
 
 
 @dataclass(frozen=True)
@@ -63,6 +99,10 @@ class ServeConfig:
     default_output_tokens: int = 256  # a call's expected output when it sets no max_tokens
     idle_release_s: float = 1800.0  # release a program whose agent went silent (0: never)
     sample_dt: float = 0.5
+
+    def __post_init__(self):
+        if self.token is not None:
+            check_token(self.token)
 
 
 class Proxy:
@@ -140,6 +180,10 @@ class Proxy:
         for p in list(self.cluster.unfinished.values()):
             if p.phase is Phase.ACTING and now - p.acting_since > self.config.idle_release_s:
                 self._release(p)
+            elif not p.calls and not p.pending and not p.in_flight:
+                # never issued a call: a request failed between creating it and queuing its
+                # call (a program gets its call in the same step it is created otherwise)
+                self._release(p)
 
     # ---- HTTP ----------------------------------------------------------------------------
     @web.middleware
@@ -148,8 +192,9 @@ class Proxy:
         endpoint = resource.canonical if resource is not None else "unrouted"
         try:
             if self.config.token and request.path != "/health":
-                got = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(got, f"Bearer {self.config.token}"):
+                # bytes, not str: compare_digest refuses non-ASCII str (a 500, not a 401)
+                got = request.headers.get("Authorization", "").encode("utf-8", "surrogatepass")
+                if not hmac.compare_digest(got, f"Bearer {self.config.token}".encode()):
                     raise BadRequest("missing or wrong bearer token", status=401)
             response = await handler(request)
         except BadRequest as exc:
@@ -172,21 +217,22 @@ class Proxy:
         if not any(b.alive for b in self.backends):
             raise BadRequest("no backend is up", 503)
         path = request.path
+        # Everything the call needs is read and checked before its program is created or
+        # looked up: a refused request leaves no program behind.
         program_id, body = parse_call(path, raw, self.config.max_program_id)
         anonymous = program_id is None
-        p = self._program_for(program_id)
         stream = body.get("stream", False)
         sink = asyncio.Queue() if stream else None
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         output = body.get("max_tokens") or body.get("max_completion_tokens")
-        p.add_call(
-            Call(
-                prompt_tokens=estimate_prompt_tokens(path, body),
-                output_tokens=output or self.config.default_output_tokens,
-                tool=SERVED_TOOL,
-                forward=Forward(path, body, sink, wants_usage),
-            )
+        call = Call(
+            prompt_tokens=estimate_prompt_tokens(path, body),
+            output_tokens=output or self.config.default_output_tokens,
+            tool=SERVED_TOOL,
+            forward=Forward(path, body, sink, wants_usage),
         )
+        p = self._program_for(program_id)
+        p.add_call(call)
         done: asyncio.Future = self.cluster.request(p)
         if anonymous:
             done.add_done_callback(lambda _: self._release(p))
