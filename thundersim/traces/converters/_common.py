@@ -19,7 +19,7 @@ from json import scanner as _jscanner
 from pathlib import Path
 from typing import Any
 
-from thundersim.traces.loader import read_text
+from thundersim.traces.loader import parse_json_line, read_text, text_lines
 from thundersim.traces.schema import StepSpec, TraceError, _fail, _int, _json_type, _seconds, _str
 
 __all__ = [
@@ -109,14 +109,13 @@ def load_json(path: Path) -> Any:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line; a line that is not an object fails."""
-    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+    # lines end at "\n" only, nesting too deep and over-long integers are clean errors at
+    # their line (the trace loader's reader; a third-party log's repeated key: the last wins)
+    for lineno, line in text_lines(read_text(path)):
         if not line.strip():
             continue
         at = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise fail(at, f"not valid JSON ({e.msg} at column {e.colno})") from None
+        obj = parse_json_line(line, at, allow_duplicate_keys=True)
         if not isinstance(obj, dict):
             raise fail(at, f"expected a JSON object, got {_json_type(obj)}")
         yield lineno, obj
