@@ -30,8 +30,9 @@ from thundersim.core.program import Phase, Program, Status
 
 
 def chain_key(program_id: str, epoch: int) -> str:
-    """The KV chain of a program's context after `epoch` resets (NUL cannot occur in an id read
-    from JSON text, so chains of different programs never collide)."""
+    """The KV chain of a program's context after `epoch` resets. Chains of different programs
+    never collide because no id contains a NUL: JSON can carry one (\u0000), so the trace
+    loader and `serve` refuse control characters in ids."""
     return program_id if epoch == 0 else f"{program_id}\x00{epoch}"
 
 
