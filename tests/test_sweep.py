@@ -4,6 +4,11 @@ interruption), the local and Ray executors, and `thundersim figures` on small sp
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -210,3 +215,139 @@ def test_figures_draws_and_reports_against_the_paper(spec_file, tmp_path):
     _, again = figures.regenerate(out, tmp_path / "cache", workers=2, spec_dir=specs)
     assert again["points_run"] == 0 and again["points_cached"] == 4
     assert json.loads(json.dumps(again))  # plain data
+
+
+# ---- nothing lost, nothing stuck: killed sweeps, shared caches, damaged entries ----------------
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # fields: state, ppid, ...
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended (its reaper may be slow)
+
+
+_SWEEP = """
+import sys
+from pathlib import Path
+from thundersim.lab.sweep import load_spec, run_sweep
+result = run_sweep(load_spec(sys.argv[1]), Path(sys.argv[2]), reduced=True, workers=2)
+print(result.ran, result.cached)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_sweeps_workers_die_with_it(spec_file, tmp_path):
+    """SIGKILL a sweep while its two workers compute: the workers end too (they used to live
+    on for minutes, writing cache entries under a rerun's feet), and they write nothing."""
+    endless = tmp_path / "endless.toml"  # a horizon run: its points run until killed
+    endless.write_text(spec_file.read_text().replace("dt = 1.0", "dt = 1.0\nhorizon = 1e9"))
+    cache = tmp_path / "cache"
+    sweep = subprocess.Popen([sys.executable, "-c", _SWEEP, str(endless), str(cache)])
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers) < 2 or not all(_cpu_s(w) > 0.5 for w in workers):
+            assert sweep.poll() is None and time.monotonic() < deadline, "no busy workers"
+            workers = _children(sweep.pid)
+            time.sleep(0.1)
+        sweep.kill()
+        sweep.wait(60)
+        deadline = time.monotonic() + 60
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(w) for w in workers), "a worker outlived its sweep"
+        assert not cache.exists() or [f for f in cache.iterdir() if ".tmp" not in f.name] == []
+    finally:
+        sweep.kill()
+        for w in workers:  # only the processes this test started
+            if _running(w):
+                os.kill(w, signal.SIGKILL)
+
+
+def test_a_point_another_writer_finished_first_is_kept(spec_file, tmp_path):
+    """Two writers of one point (a rerun while a killed sweep's worker finishes it, or two
+    sweeps on one cache): the second used to crash renaming onto the first's folder
+    (OSError: Directory not empty); now the first copy is kept and the second discarded."""
+    from thundersim.lab.points import run_and_store
+    from thundersim.lab.sweep import _trace_arg
+
+    spec = load_spec(spec_file)
+    point = spec.points(reduced=True)[0]
+    folder = tmp_path / "cache" / point_key(point, spec.keep)
+    row = run_and_store(point, spec.keep, str(folder), _trace_arg(point))
+    first = (folder / "summary.json").stat().st_ino
+    again = run_and_store(point, spec.keep, str(folder), _trace_arg(point))
+    timing = ("wall_s", "sim_speed")
+    assert {k: v for k, v in again.items() if k not in timing} == {
+        k: v for k, v in row.items() if k not in timing
+    }
+    assert (folder / "summary.json").stat().st_ino == first  # theirs, kept
+    from thundersim.lab.points import damaged
+
+    assert damaged(folder, spec.keep) is None
+    assert sorted(f.name for f in folder.parent.iterdir()) == [folder.name]  # nothing stray
+
+
+def test_two_sweeps_on_one_cache_both_finish(spec_file, tmp_path):
+    """Two sweeps of one spec at once on one cache both finish, and every entry is whole."""
+    cache = tmp_path / "cache"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _SWEEP, str(spec_file), str(cache)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    from thundersim.lab.points import damaged
+
+    spec = load_spec(spec_file)
+    entries = sorted(f for f in cache.iterdir() if ".tmp" not in f.name)
+    assert len(entries) == 2  # the reduced grid's two points, each once
+    assert all(damaged(f, spec.keep) is None for f in entries)
+
+
+def test_a_damaged_cache_entry_is_recomputed_with_a_warning(spec_file, tmp_path, caplog):
+    """A truncated summary.json, a missing table, a truncated table: each entry is
+    recomputed (with a warning naming it) instead of crashing the rerun."""
+    cache = tmp_path / "cache"
+    spec = load_spec(spec_file)
+    first = run_sweep(spec, cache, workers=2)
+    a, b, c, _ = first.folders
+    summary = a / "summary.json"
+    summary.write_text(summary.read_text()[:40])
+    (b / "memory.parquet").unlink()
+    table = c / "memory.parquet"
+    table.write_bytes(table.read_bytes()[:100])
+    with caplog.at_level("WARNING", logger="thundersim.lab.sweep"):
+        again = run_sweep(spec, cache, workers=2)
+    assert (again.ran, again.cached) == (3, 1)
+    cols = ["policy", "concurrency", "throughput_steps_per_min", "kv_hit_rate", "preemptions"]
+    assert again.table[cols].equals(first.table[cols])  # the same points, deterministic
+    from thundersim.lab.points import damaged
+
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    for folder in (a, b, c):
+        assert f"{folder} is damaged" in warned
+        assert damaged(folder, spec.keep) is None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +49,11 @@ from thundersim.engine_adapters.sandbox import DockerSandbox, LocalSandbox
 from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.lab.data import find
 from thundersim.live.driver import run_live, write_live_log
+from thundersim.metrics.recorder import Recorder
+from thundersim.metrics.results import check_replaceable, replacing_folder, result_of
 from thundersim.metrics.window import describe
 from thundersim.policies import registry
-from thundersim.sim.simulate import build_run, simulate
+from thundersim.sim.simulate import _run_until_done, build_run, simulate
 from thundersim.traces.loader import load_trace, scale_trace
 from thundersim.traces.schema import TraceError
 
@@ -149,24 +153,127 @@ def run(
         )
         pol = registry.make_policy(policy, options)
         specs = load_trace(find(trace, "trace"))
+        if out is not None:
+            check_replaceable(out)  # before the run, not after it
     except (ValueError, TraceError) as exc:
         fail(str(exc))
     live = None
     if engine != SIM_ENGINE:
         live = LiveArgs(engine, backends, sandbox, sandbox_root, disk_scale)
         specs = scale_trace(specs, token_scale, time_scale)
-    result = _execute(specs, pol, config, str(trace), live, f"{policy} c={concurrency}", progress)
-    if out is not None:
-        result.write(out)
-        if live is not None:
-            write_live_log(result, specs, out / "steps.jsonl")
-    s = result.summary
-    if as_json:
-        typer.echo(json.dumps(s))
-    else:
-        _print_summary(s, out)
+    with Stops(live is not None) as stops:
+        try:
+            result = _execute(
+                specs, pol, config, str(trace), live, f"{policy} c={concurrency}", progress, stops
+            )
+        except KeyboardInterrupt:  # stopped before the run began or before it had a result
+            raise typer.Exit(stops.exit_code or 130) from None
+        stops.finishing()  # from here a signal waits until the output is whole
+        if out is not None:
+            try:
+                with replacing_folder(out) as tmp:
+                    result.write_into(tmp)
+                    if live is not None:
+                        write_live_log(result, specs, tmp / "steps.jsonl")
+            except (OSError, ValueError) as exc:
+                fail(f"cannot write {out}: {exc}")
+        s = result.summary
+        if as_json:
+            typer.echo(json.dumps(s))
+        else:
+            _print_summary(s, out)
+    if stops.exit_code is not None:
+        raise typer.Exit(stops.exit_code)
     if s["interrupted"]:
         raise typer.Exit(130)
+
+
+class Stops:
+    """SIGINT, SIGTERM and SIGHUP all mean "stop": the run ends, what it finished is written
+    with `interrupted: true`, and the command exits 128 + the first signal's number (130 for
+    Ctrl-C, 143 for SIGTERM, 129 for SIGHUP: the shell's convention, so a caller can tell
+    which signal stopped it).
+
+    Only the first signal interrupts, and only inside the simulation loop (one that lands
+    just before it takes effect at the next program that finishes). One that lands after
+    the loop (while the run's result is assembled or its folder written), and every later
+    one, is noted and waits: a second Ctrl-C cannot cut the output short. A live run keeps
+    asyncio's own Ctrl-C handling (the first cancels the run, which returns what it
+    finished); SIGTERM and SIGHUP are handed to that handler, once."""
+
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+    )
+    _LOOP = (_run_until_done.__code__,)  # where a simulated run may be interrupted
+    # Frames in which a run's result is being assembled: interrupting them would lose it.
+    _ASSEMBLING = (result_of.__code__, Recorder.finalize.__code__)
+
+    def __init__(self, live: bool = False) -> None:
+        self.live = live
+        self.first: int | None = None  # the first signal's number
+        self.interrupted = False  # the run was told to stop
+        self.done = False  # the run is over: signals wait
+        self._saved: dict[int, object] = {}
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.first is None else 128 + self.first
+
+    def __enter__(self) -> Stops:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach the main thread only (a CLI invoked from a thread)
+        for sig in self.SIGNALS:
+            if self.live and sig == signal.SIGINT:
+                continue  # asyncio's Runner installs its own while the live run runs
+            if signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # ignored on purpose (nohup; a shell's background job): kept so
+            self._saved[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+
+    def finishing(self) -> None:
+        """The run is over: signals from now on wait until the output is written."""
+        self.done = True
+        if self.live and self._saved and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            self._saved[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_signal)
+
+    def check(self) -> None:
+        """Inside the run (its progress callback): stop now if a signal asked to."""
+        if self.first is not None and not self.interrupted and not self.done and not self.live:
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self.first is None:
+            self.first = signum
+        if self.done or self.interrupted:
+            return
+        if self.live:
+            if _in_frames(frame, self._ASSEMBLING):
+                return
+            handler = signal.getsignal(signal.SIGINT)  # asyncio's while the live run runs
+            self.interrupted = True
+            if callable(handler) and handler is not self._on_signal:
+                handler(signal.SIGINT, frame)
+                return
+            # Ctrl-C ignored (no asyncio handler to cancel the run): stop without a result
+            raise KeyboardInterrupt
+        if _in_frames(frame, self._LOOP):
+            self.interrupted = True
+            raise KeyboardInterrupt
+        # not in the loop (before it, or after it): `check` stops the run at the next
+        # program that finishes; after the loop nothing calls it and the output is written
+
+
+def _in_frames(frame, codes: tuple) -> bool:
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +288,16 @@ class LiveArgs:
     disk_scale: float
 
 
-def _execute(specs, pol, config, trace: str, live: LiveArgs | None, desc: str, progress: bool):
+def _execute(
+    specs,
+    pol,
+    config,
+    trace: str,
+    live: LiveArgs | None,
+    desc: str,
+    progress: bool,
+    stops: Stops | None = None,
+):
     """Run simulated (live is None) or live, with a progress bar on stderr; a run that cannot
     start or fails ends the command with its reason."""
     # A horizon run has no last program: its progress is simulated time.
@@ -196,6 +312,8 @@ def _execute(specs, pol, config, trace: str, live: LiveArgs | None, desc: str, p
     )
 
     def tick(done: int, now: float) -> None:
+        if stops is not None:
+            stops.check()
         bar.set_postfix_str(
             f"{done} programs done" if by_time else f"sim {now:,.0f}s", refresh=False
         )

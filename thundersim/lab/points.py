@@ -5,14 +5,27 @@ names a spec uses). Its key is the SHA-256 of its parameters, the trace's bytes 
 simulator's source (the `thundersim` package and its policies, named as in a checkout so that
 a checkout and an installed wheel of the same source share a cache): a cached point is reused
 until one of them changes. A finished point is a folder holding summary.json and the tables it
-keeps, written whole or not at all.
+keeps, written whole or not at all: into a temporary folder beside it, then renamed into
+place. Two writers of one point (two sweeps on one cache, or a sweep and the workers a killed
+one left) both compute it; the first rename wins and the other keeps the winner's. A folder
+that is not whole (`damaged`: a truncated summary.json, a missing table) is recomputed.
+Local workers die with the sweep that started them (`die_with`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from functools import cache
 from importlib.util import find_spec
@@ -188,18 +201,94 @@ def run_point(
     return result.summary, tables
 
 
-def run_and_store(point: dict, keep: list[str], folder: str, trace_path: str | None) -> dict:
+def run_and_store(
+    point: dict,
+    keep: list[str],
+    folder: str,
+    trace_path: str | None,
+    owner_pid: int | None = None,
+) -> dict:
     """Worker side: run, write the point's folder atomically, return its row. `trace_path`:
-    the trace file as the sweep resolved it (workers need not share its current directory)."""
+    the trace file as the sweep resolved it (workers need not share its current directory).
+    `owner_pid`: the sweep's process on this machine; the worker dies with it."""
+    if owner_pid is not None:
+        die_with(owner_pid)
     summary, tables = run_point(point, keep, trace_path)
-    out = Path(folder)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    for name, frame in tables.items():
-        frame.to_parquet(tmp / f"{name}.parquet", index=False)
-    (tmp / "summary.json").write_text(json.dumps({"point": point, "summary": summary}))
-    tmp.rename(out)  # a point is cached whole or not at all
+    store_point(Path(folder), point, summary, tables)
     return flat_row(point, summary)
+
+
+def store_point(out: Path, point: dict, summary: dict, tables: dict[str, pd.DataFrame]) -> None:
+    """The point's folder, whole or not at all: written to a temporary folder of its own,
+    then renamed to `out`. If `out` is already there another writer finished the same point
+    (same inputs, same result): theirs is kept and this one discarded."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp{os.getpid()}-", dir=out.parent))
+    try:
+        for name, frame in tables.items():
+            frame.to_parquet(tmp / f"{name}.parquet", index=False)
+        stored = {"point": point, "summary": summary, "tables": sorted(tables)}
+        (tmp / "summary.json").write_text(json.dumps(stored))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 -> what mkdir makes
+        try:
+            os.rename(tmp, out)  # a point is cached whole or not at all
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another writer's is there: keep it
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---- workers die with their sweep --------------------------------------------------------------
+_WATCHING: tuple[int, int] | None = None  # (this process, the pid it dies with): once each
+
+
+def die_with(owner_pid: int, poll_s: float = 0.5) -> None:
+    """End this process when `owner_pid` (the sweep) ends, so that a killed sweep leaves no
+    worker computing points for minutes. On Linux, when the owner is this process's parent,
+    the kernel does it (prctl PR_SET_PDEATHSIG: SIGKILL the moment the parent dies); and
+    everywhere a daemon thread checks every `poll_s` that the owner (by a changed parent, or
+    by its pid) is still there."""
+    global _WATCHING
+    if (os.getpid(), owner_pid) == _WATCHING:  # a forked child inherits its parent's
+        return
+    _WATCHING = (os.getpid(), owner_pid)
+    parent = os.getppid()
+    if parent == owner_pid and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    threading.Thread(
+        target=_watch, args=(owner_pid, parent, poll_s), daemon=True, name="die-with-sweep"
+    ).start()
+    if not _owner_alive(owner_pid, parent):  # it died before the watch began
+        os._exit(1)
+
+
+def _owner_alive(owner_pid: int, parent: int) -> bool:
+    if parent == owner_pid:  # a dead parent is seen at once (a zombie still answers kill 0)
+        return os.getppid() == parent
+    try:
+        os.kill(owner_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _watch(owner_pid: int, parent: int, poll_s: float) -> None:
+    while _owner_alive(owner_pid, parent):
+        time.sleep(poll_s)
+    os._exit(1)  # nothing to clean: a point being written is a temporary folder, never read
 
 
 def flat_row(point: dict, summary: dict) -> dict:
@@ -235,3 +324,42 @@ def read_table(folder: Path, name: str) -> pd.DataFrame | None:
 def read_point(folder: Path) -> tuple[dict, dict]:
     stored = json.loads((folder / "summary.json").read_text())
     return stored["point"], stored["summary"]
+
+
+_ALWAYS = ("memory", "steps")  # tables every run has (env_* only with a tool manager)
+
+
+def damaged(folder: Path, keep: Iterable[str]) -> str | None:
+    """Why a point's folder is not whole (unreadable summary.json, a table missing or
+    truncated), or None when it is. A folder written before summary.json listed its tables
+    must have the kept tables every run has, and the others it holds must read."""
+    import pyarrow.parquet as pq
+
+    try:
+        stored = json.loads((folder / "summary.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"summary.json: {exc}"
+    if not isinstance(stored, dict) or not all(
+        isinstance(stored.get(k), dict) for k in ("point", "summary")
+    ):
+        return "summary.json: no point and summary"
+    tables = stored.get("tables")
+    if tables is None:  # written before the list
+        tables = [t for t in keep if t in _ALWAYS or (folder / f"{t}.parquet").exists()]
+    for name in tables:
+        try:
+            pq.read_metadata(folder / f"{name}.parquet")
+        except (OSError, ValueError) as exc:  # missing, or truncated (no footer)
+            return f"{name}.parquet: {exc}"
+    return None
+
+
+def discard(folder: Path) -> None:
+    """Remove a damaged point's folder: renamed away first (a writer may be renaming a whole
+    one into its place), then deleted."""
+    aside = folder.with_name(f"{folder.name}.bad{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:
+        return  # someone else removed it
+    shutil.rmtree(aside, ignore_errors=True)

@@ -17,12 +17,15 @@ A spec (experiments/specs/*.toml):
 A spec is found by path or by name (thundersim.lab.data: the current directory first, then the
 specs installed with thundersim), and so is its trace. Each point is cached by its key
 (thundersim.lab.points: its parameters, the trace's bytes, the simulator's source), so an
-interrupted sweep resumes where it stopped. Like compare.py this module composes the parts;
+interrupted sweep resumes where it stopped; a damaged entry is recomputed (with a warning),
+and sweeps sharing a cache (or a rerun while a killed sweep's workers finish) keep the first
+copy of a point written. Like compare.py this module composes the parts;
 nothing in the core imports it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from collections.abc import Callable
@@ -36,6 +39,8 @@ from thundersim.lab import data
 from thundersim.lab.points import (
     POINT_DEFAULTS,
     TABLES,
+    damaged,
+    discard,
     flat_row,
     point_key,
     read_point,
@@ -43,6 +48,8 @@ from thundersim.lab.points import (
     trace_file,
 )
 from thundersim.traces.schema import TraceError
+
+log = logging.getLogger(__name__)
 
 
 class SpecError(ValueError):
@@ -152,7 +159,7 @@ def run_sweeps(
     if executor not in ("local", "ray"):
         raise SpecError(f"unknown executor {executor!r}; valid: local, ray")
     per_spec, unique = _plan(specs, cache_dir, reduced)
-    todo = [f for f in unique if not (f / "summary.json").exists()]
+    todo = [f for f in unique if not _cached(f, unique[f][1])]
     for _ in range(len(unique) - len(todo)):
         if on_done:
             on_done()
@@ -162,7 +169,22 @@ def run_sweeps(
         run = _run_ray if executor == "ray" else _run_local
         interrupted = run(jobs, workers, ray_address, on_done)
     ran = set(todo)
-    return [_gather(points, folders, ran, interrupted) for points, folders in per_spec]
+    return [
+        _gather(points, folders, ran, interrupted, spec.keep)
+        for spec, (points, folders) in zip(specs, per_spec, strict=True)
+    ]
+
+
+def _cached(folder: Path, keep: list[str]) -> bool:
+    """Whether the point is in the cache, whole; a damaged entry is removed (and rerun)."""
+    if not os.path.lexists(folder):
+        return False
+    why = damaged(folder, keep)
+    if why is None:
+        return True
+    log.warning("cache entry %s is damaged (%s): recomputing it", folder, why)
+    discard(folder)
+    return False
 
 
 def _plan(specs: list[Spec], cache_dir: Path, reduced: bool):
@@ -188,11 +210,13 @@ def _trace_arg(point: dict) -> str | None:
     return None if point["trace"].startswith("gen:") else str(trace_file(point["trace"]))
 
 
-def _gather(points: list[dict], folders: list[Path], ran: set, interrupted: bool) -> SweepResult:
+def _gather(
+    points: list[dict], folders: list[Path], ran: set, interrupted: bool, keep: list[str]
+) -> SweepResult:
     rows = [
         flat_row(p, read_point(f)[1])
         for p, f in zip(points, folders, strict=True)
-        if (f / "summary.json").exists()
+        if (f / "summary.json").exists() and damaged(f, keep) is None
     ]
     mine = {f for f in folders if f in ran}
     return SweepResult(
@@ -212,7 +236,9 @@ def _run_local(jobs: list[tuple], workers, _address, on_done) -> bool:
             return SpecError(f"point {jobs[i][0]}: {exc}")
         return exc
 
-    return pool_map(run_and_store, jobs, workers, done, name)
+    # the workers die with this process (a killed sweep leaves none writing to the cache)
+    owned = [(*job, os.getpid()) for job in jobs]
+    return pool_map(run_and_store, owned, workers, done, name)
 
 
 def _run_ray(jobs: list[tuple], workers, address, on_done) -> bool:
