@@ -246,14 +246,20 @@ class LatencyModel:
     def decode_iters_done_by(self, n: int, ctx0: int, elapsed: float, k_max: int) -> int:
         """Smallest k <= k_max with decode_run_time(k) >= elapsed: the iterations that have
         finished (or are finishing) by `elapsed` seconds into the run."""
-        lo, hi = 0, k_max
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.decode_run_time(n, ctx0, mid) >= elapsed:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        return iters_done_by(self, n, ctx0, elapsed, k_max)
+
+
+def iters_done_by(model: StepTimeModel, n: int, ctx0: int, elapsed: float, k_max: int) -> int:
+    """Smallest k <= k_max with model.decode_run_time(n, ctx0, k) >= elapsed, by bisection
+    (the run time grows with k): every StepTimeModel's decode_iters_done_by."""
+    lo, hi = 0, k_max
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if model.decode_run_time(n, ctx0, mid) >= elapsed:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _series(a: float, b: float, j0: int, j1: int) -> float:

@@ -53,7 +53,13 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from thundersim.sim.catalog import Setup
-from thundersim.sim.latency import LatencyModel, LatencyProfile, StepTimeModel, roofline_profile
+from thundersim.sim.latency import (
+    LatencyModel,
+    LatencyProfile,
+    StepTimeModel,
+    iters_done_by,
+    roofline_profile,
+)
 
 STEP_TIME_CHOICES = ("auto", "measured", "roofline")
 
@@ -324,14 +330,7 @@ class MeasuredStepTime:
 
     def decode_iters_done_by(self, n: int, ctx0: int, elapsed: float, k_max: int) -> int:
         """Smallest k <= k_max with decode_run_time(k) >= elapsed."""
-        lo, hi = 0, k_max
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.decode_run_time(n, ctx0, mid) >= elapsed:
-                hi = mid
-            else:
-                lo = mid + 1
-        return lo
+        return iters_done_by(self, n, ctx0, elapsed, k_max)
 
 
 _MEASURED: dict[tuple, MeasuredStepTime] = {}
