@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 from thundersim.lab import data
+from thundersim.metrics.results import current_umask
 from thundersim.metrics.window import window_columns
 
 # Every parameter a point may set, with its default (the CLI's `run` defaults).
@@ -229,7 +230,7 @@ def store_point(out: Path, point: dict, summary: dict, tables: dict[str, pd.Data
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
         stored = {"point": point, "summary": summary, "tables": sorted(tables)}
         (tmp / "summary.json").write_text(json.dumps(stored))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 -> what mkdir makes
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 -> what mkdir makes
         try:
             os.rename(tmp, out)  # a point is cached whole or not at all
         except OSError as exc:
@@ -239,12 +240,6 @@ def store_point(out: Path, point: dict, summary: dict, tables: dict[str, pd.Data
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ---- workers die with their sweep --------------------------------------------------------------
