@@ -48,16 +48,14 @@ from thundersim.engine_adapters.local import TINY_VOCAB, LocalEngines
 from thundersim.engine_adapters.registry import make_backends
 from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.live.calibrate import (
-    LIVE_CPU_MAX_BATCHED_TOKENS,
-    LIVE_CPU_MAX_NUM_SEQS,
     _live_summary,
     calibrate,
     compare_records,
+    sim_config,
 )
 from thundersim.live.driver import run_live
 from thundersim.policies import make_policy
-from thundersim.sim.catalog import make_setup
-from thundersim.sim.simulate import RunConfig, simulate
+from thundersim.sim.simulate import simulate
 from thundersim.traces.loader import load_trace, scale_trace
 
 
@@ -115,20 +113,6 @@ def scenario_specs(sc: Scenario):
         )
         for p, q in zip(specs, raw, strict=True)
     ]
-
-
-def sim_config(profile, capacity: int, block: int, concurrency: int) -> RunConfig:
-    """The simulated replica as `validate` (thundersim.live.calibrate) builds it."""
-    return RunConfig(
-        setup=make_setup(kv_capacity_override=capacity),
-        concurrency=concurrency,
-        block_size=block,
-        max_batched_tokens=LIVE_CPU_MAX_BATCHED_TOKENS,
-        max_num_seqs=LIVE_CPU_MAX_NUM_SEQS,
-        latency_profile=profile,
-        sample_dt=0.2,
-        tool_manager=None,  # the live side waits each prep_s as it is (no sandbox model)
-    )
 
 
 def run_pair(url: str, specs, profile, concurrency: int, policy: str):

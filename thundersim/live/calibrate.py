@@ -318,6 +318,7 @@ __all__ = [
     "prefill_gain_row",
     "prefill_row",
     "rel_error",
+    "sim_config",
 ]
 
 
@@ -341,6 +342,28 @@ async def _live_summary(url, specs, policy, concurrency, options, engine) -> tup
         await backend.close()
 
 
+def sim_config(
+    profile: LatencyProfile,
+    capacity: int,
+    block: int,
+    concurrency: int,
+    max_batched_tokens: int = LIVE_CPU_MAX_BATCHED_TOKENS,
+    max_num_seqs: int = LIVE_CPU_MAX_NUM_SEQS,
+) -> RunConfig:
+    """The simulated replica `validate` compares with a live one: its pool (`capacity` as
+    vLLM sized it) and block size, its scheduler budget, the calibrated profile."""
+    return RunConfig(
+        setup=make_setup(kv_capacity_override=capacity),
+        concurrency=concurrency,
+        block_size=block,
+        max_batched_tokens=max_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        latency_profile=profile,
+        sample_dt=0.2,
+        tool_manager=None,  # the live side waits each prep_s as it is (no sandbox model)
+    )
+
+
 def validate(
     url: str,
     specs,
@@ -362,16 +385,7 @@ def validate(
         live, capacity, block = asyncio.run(
             _live_summary(url, specs, policy, concurrency, options, engine)
         )
-        config = RunConfig(
-            setup=make_setup(kv_capacity_override=capacity),
-            concurrency=concurrency,
-            block_size=block,
-            max_batched_tokens=max_batched_tokens,
-            max_num_seqs=max_num_seqs,
-            latency_profile=profile,
-            sample_dt=0.2,
-            tool_manager=None,  # the live side waits each prep_s as it is (no sandbox model)
-        )
+        config = sim_config(profile, capacity, block, concurrency, max_batched_tokens, max_num_seqs)
         sim = simulate(specs, make_policy(policy, options), config).summary
         records += compare_records(policy, sim, live)
     return records
