@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 
 from thundersim.conformance import compare as cmp
+from thundersim.conformance.old_behaviours import OLD_BEHAVIOURS
 from thundersim.conformance.sim_side import replay
 from thundersim.conformance.workloads import WORKLOADS
 from thundersim.engine_adapters.local import TINY_LLAMA
-from thundersim.sim import scheduler as sm
 
 workloads = [m() for m in WORKLOADS.values()]
 with tempfile.TemporaryDirectory() as tmp:
@@ -23,30 +23,10 @@ with tempfile.TemporaryDirectory() as tmp:
 rec.pop("__version__")
 
 
-def first_chunk_only(self, req, budget, reserved=0):
-    hit, hit_tokens = self.kv.get_computed_blocks(req)
-    chunk = min(req.num_tokens - hit_tokens, budget)
-    need = self.kv.num_new_blocks(req, chunk, hit) + reserved
-    if chunk <= 0 or need > self.kv.num_free_blocks(hit):
-        return None
-    return hit, hit_tokens, chunk
-
-
-real_admit = sm.Scheduler._admit
-
-
-def count_all(self, req, budget):
-    p = req.usage.preemptions
-    req.usage.preemptions = 0
-    try:
-        return real_admit(self, req, budget)
-    finally:
-        req.usage.preemptions = p
-
-
 variants = {
-    "admission on the first chunk": (sm.Scheduler, "_plan_admission", first_chunk_only),
-    "restarts counted as queries/hits": (sm.Scheduler, "_admit", count_all),
+    name: patch
+    for name, patch in OLD_BEHAVIOURS.items()
+    if patch[1] != "extend_shared"  # it shares nothing at all in the new pool: no numbers
 }
 print(
     "| old behaviour | workload | divergent steps | hit tokens vLLM / sim | preemptions vLLM / sim |"

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from thundersim.conformance import compare as cmp
+from thundersim.conformance.old_behaviours import OLD_BEHAVIOURS
 from thundersim.conformance.sim_side import replay
 from thundersim.conformance.workloads import WORKLOADS, program_tokens
 from thundersim.engine_adapters.local import TINY_LLAMA
-from thundersim.sim import scheduler as scheduler_module
-from thundersim.sim.blocks import BlockPool
 
 VLLM_PYTHON = cmp.default_vllm_python()
 needs_vllm = pytest.mark.skipif(VLLM_PYTHON is None, reason="no .venv-vllm (run `make vllm`)")
@@ -91,39 +90,18 @@ def _diverges(vllm_records, name) -> bool:
 
 
 @needs_vllm
-def test_caching_prompt_blocks_only_at_finish_is_caught(vllm_records, monkeypatch):
-    monkeypatch.setattr(BlockPool, "extend_shared", lambda self, key, held, covered: held)
-    assert _diverges(vllm_records, "shared_prompt")
-
-
-@needs_vllm
-def test_admitting_on_the_first_chunk_alone_is_caught(vllm_records, monkeypatch):
-    def first_chunk_only(self, req, budget, reserved=0):
-        hit, hit_tokens = self.kv.get_computed_blocks(req)
-        chunk = min(req.num_tokens - hit_tokens, budget)
-        need = self.kv.num_new_blocks(req, chunk, hit) + reserved
-        if chunk <= 0 or need > self.kv.num_free_blocks(hit):
-            return None
-        return hit, hit_tokens, chunk
-
-    monkeypatch.setattr(scheduler_module.Scheduler, "_plan_admission", first_chunk_only)
-    assert _diverges(vllm_records, "long_prompts")
-
-
-@needs_vllm
-def test_counting_restarts_as_prefix_queries_is_caught(vllm_records, monkeypatch):
-    real = scheduler_module.Scheduler._admit
-
-    def count_all(self, req, budget):
-        restarted = req.usage.preemptions
-        req.usage.preemptions = 0  # every admission looks like a first one to the counters
-        try:
-            return real(self, req, budget)
-        finally:
-            req.usage.preemptions = restarted
-
-    monkeypatch.setattr(scheduler_module.Scheduler, "_admit", count_all)
-    assert _diverges(vllm_records, "preemption")
+@pytest.mark.parametrize(
+    ("old", "name"),
+    [
+        ("prompt blocks never cached when scheduled", "shared_prompt"),
+        ("admission on the first chunk", "long_prompts"),
+        ("restarts counted as queries and hits", "preemption"),
+    ],
+)
+def test_each_old_divergence_is_caught(vllm_records, monkeypatch, old, name):
+    cls, attr, replacement = OLD_BEHAVIOURS[old]
+    monkeypatch.setattr(cls, attr, replacement)
+    assert _diverges(vllm_records, name)
 
 
 # ---- no vLLM needed ------------------------------------------------------------------------------

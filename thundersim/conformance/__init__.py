@@ -4,5 +4,6 @@
 - vllm_side.py: vLLM's v1 Scheduler + KVCacheManager on those streams, traced per iteration
   (runs in the vLLM's own Python; imports nothing of thundersim);
 - sim_side.py: the same streams on thundersim's Scheduler, traced the same way;
-- compare.py: runs both and compares every iteration (`thundersim conformance`).
+- compare.py: runs both and compares every iteration (`thundersim conformance`);
+- old_behaviours.py: the engine's old divergences, to patch in and see caught.
 """
