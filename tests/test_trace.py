@@ -44,10 +44,10 @@ def make_program(pid: str = "p-0", **overrides) -> ProgramSpec:
     return ProgramSpec(**fields)
 
 
-def good_line() -> dict:
+def good_line(pid: str = "swe-0001") -> dict:
     return {
         "version": 1,
-        "id": "swe-0001",
+        "id": pid,
         "workload": "swe",
         "arrival_s": 0.0,
         "prefix": {"id": "swe-system", "tokens": 3000},

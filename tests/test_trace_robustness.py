@@ -24,22 +24,9 @@ from thundersim.traces.schema import (
     TraceError,
 )
 
+from .test_trace import good_line  # the one valid line both files edit
+
 runner = CliRunner()
-
-
-def good_line(pid: str = "swe-0001") -> dict:
-    return {
-        "version": 1,
-        "id": pid,
-        "workload": "swe",
-        "arrival_s": 0.0,
-        "prefix": {"id": "swe-system", "tokens": 3000},
-        "env": {"prep_s": 30.0, "disk_bytes": 2_000_000_000, "ports": 1},
-        "steps": [
-            {"input_tokens": 812, "output_tokens": 150, "tool": "bash", "tool_s": 1.8},
-            {"input_tokens": 90, "output_tokens": 40, "tool": "submit", "tool_s": 0.2},
-        ],
-    }
 
 
 def edited(path: str, value) -> dict:
