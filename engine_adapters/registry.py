@@ -99,10 +99,16 @@ def resolve(name: str) -> Engine:
     return engines[name]
 
 
-def make_backends(name: str, urls: list[str], book: TokenBook) -> list[Backend]:
-    """One backend of engine `name` per URL, indexed in order, sharing the run's TokenBook."""
+def make_backends(name: str, urls: list[str], book: TokenBook, **options) -> list[Backend]:
+    """One backend of engine `name` per URL, indexed in order, sharing the run's TokenBook;
+    `options` (e.g. `timeouts` for vllm) go to each backend's constructor."""
     factory = resolve(name).factory
-    return [factory(i, url, book) for i, url in enumerate(urls)]
+    if not options:
+        return [factory(i, url, book) for i, url in enumerate(urls)]
+    try:
+        return [factory(i, url, book, **options) for i, url in enumerate(urls)]
+    except TypeError as exc:
+        raise ValueError(f"engine {name!r} does not take {', '.join(options)}: {exc}") from None
 
 
 __all__ = [

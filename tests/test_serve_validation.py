@@ -180,7 +180,7 @@ def test_a_program_that_never_got_its_call_is_reaped():
             r = await client.post(COMPLETIONS, content=completion(program_id="busy"))
             assert r.status_code == 200
             proxy._reap_idle()
-            return dict(proxy.cluster.unfinished), proxy.cluster.programs["orphan"].status.name
+            return dict(proxy.cluster.unfinished), p.status.name
 
     unfinished, status = asyncio.run(main())
     assert "orphan" not in unfinished and status == "DONE"

@@ -1,5 +1,8 @@
 """VLLMBackend against a fake OpenAI-compatible server that breaks its answers the ways a dying
-engine does: every call ends (answered or handed back), none is left in flight forever."""
+engine does: every call ends (answered with an error status, or handed back when the replica is
+down), none is left in flight forever. The replica here stays healthy (its /health answers), so a
+broken answer is that call's failure, not the backend's (issue 14: one failing request must not
+take a backend down)."""
 
 from __future__ import annotations
 
@@ -49,11 +52,11 @@ def _app(mode: str) -> web.Application:
 
 
 @pytest.mark.parametrize("mode", ["truncated", "no-done", "not-json"])
-def test_a_broken_answer_hands_the_call_back_instead_of_leaving_it_in_flight(mode):
+def test_a_broken_answer_from_a_healthy_replica_ends_the_call_with_502(mode):
     async def main():
         runner, url = await _serve(mode)
-        failed: asyncio.Future = asyncio.get_running_loop().create_future()
-        done: list = []
+        answered: asyncio.Future = asyncio.get_running_loop().create_future()
+        failed: list = []
         backend = VLLMBackend(
             0,
             url,
@@ -64,19 +67,19 @@ def test_a_broken_answer_hands_the_call_back_instead_of_leaving_it_in_flight(mod
         try:
             await backend.connect()
             req = Request("p", 0, prompt_tokens=20, output_tokens=4)
-            # the failure callback comes with the call
-            backend.submit(req, done.append, lambda req, exc: failed.set_result((req, exc)))
-            got, exc = await asyncio.wait_for(failed, 10)
-            return req, got, exc, done, backend
+            backend.submit(req, answered.set_result, lambda req, exc: failed.append(exc))
+            usage = await asyncio.wait_for(answered, 10)
+            return usage, failed, backend
         finally:
             await backend.close()
             await runner.cleanup()
 
-    req, got, exc, done, backend = asyncio.run(main())
-    assert got is req and not done  # handed back, not reported as a completed call
-    assert backend.failed_calls == 1 and backend.in_flight == 0
-    if mode == "no-done":
-        assert "[DONE]" in str(exc)
+    usage, failed, backend = asyncio.run(main())
+    assert usage.status == 502 and not failed  # answered, not handed back to run again
+    assert backend.alive  # the replica answers its health check: the call failed, not it
+    assert backend.errored_calls == 1 and backend.failed_calls == 0 and backend.in_flight == 0
+    reason = json.loads(usage.response)["error"]["message"]
+    assert ("[DONE]" in reason) if mode == "no-done" else reason
 
 
 def _serve(mode: str):

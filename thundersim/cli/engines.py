@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sys
 import time
@@ -229,14 +230,45 @@ def serve(
     idle_release_s: float = typer.Option(
         1800.0, help="Release a program idle this long between calls (0 = never)."
     ),
-    out: Path | None = typer.Option(None, help="On exit, write the run's tables here."),
+    max_hold_s: float = typer.Option(
+        600.0,
+        help="Longest a call is held by the policy; then it gets 503 (no setting of any policy "
+        "holds a call for ever).",
+    ),
+    down_grace_s: float = typer.Option(
+        30.0, help="How long held calls wait while no backend is up; then they get 503."
+    ),
+    backlog: int = typer.Option(4096, help="Listen backlog (capped by net.core.somaxconn)."),
+    header_timeout_s: float = typer.Option(
+        60.0, help="A client must send its headers within this (also the keep-alive timeout)."
+    ),
+    body_timeout_s: float = typer.Option(60.0, help="A client must send its body within this."),
+    connect_timeout_s: float = typer.Option(10.0, help="Upstream: connecting to a backend."),
+    first_byte_timeout_s: float = typer.Option(
+        900.0, help="Upstream: until a backend's first byte (a whole non-streamed call)."
+    ),
+    chunk_timeout_s: float = typer.Option(
+        120.0, help="Upstream: between two chunks of an answer (a long stream is fine)."
+    ),
+    out: Path | None = typer.Option(
+        None,
+        help="Write the run's tables here on exit. While serving they grow in OUT.journal/ "
+        "(CSV), which a killed proxy leaves behind.",
+    ),
 ) -> None:
     """OpenAI-compatible proxy for real agents: the policy schedules their programs on live
     replicas. Send `program_id` with each call and POST /programs/release at the end."""
+    from thundersim.engine_adapters.vllm import UpstreamTimeouts
     from thundersim.live.serve import Proxy, ServeConfig, resolve_token, serve_until_stopped
+    from thundersim.metrics.results import check_replaceable
 
     try:
         urls = urls_of(backends, engine)
+        journal = None
+        if out is not None:
+            check_replaceable(out)  # refused now, not after hours of serving
+            journal = out.parent / f"{out.name}.journal"
+        timeouts = UpstreamTimeouts(connect_timeout_s, first_byte_timeout_s, chunk_timeout_s)
         options = PolicyOptions(
             tick_interval=dt,
             decay=decay,
@@ -251,13 +283,20 @@ def serve(
             token=resolve_token(token, token_file),
             max_body_bytes=int(max_body_mb * 2**20),
             idle_release_s=idle_release_s,
+            max_hold_s=max_hold_s,
+            down_grace_s=down_grace_s,
+            backlog=backlog,
+            header_timeout_s=header_timeout_s,
+            body_timeout_s=body_timeout_s,
+            journal=journal,
         )
     except ValueError as exc:
         fail(str(exc))
 
     async def main_async():
         book = TokenBook(vocab=TINY_VOCAB)  # unused by forwarded calls; kept for the contract
-        live = make_backends(engine, urls, book)
+        options = {"timeouts": timeouts} if engine == "vllm" else {}
+        live = make_backends(engine, urls, book, **options)
         try:
             for b in live:
                 await b.connect()
@@ -278,6 +317,7 @@ def serve(
         fail(str(exc), code=1)
     if out is not None:
         result.write(out)
+        shutil.rmtree(journal, ignore_errors=True)  # the tables hold all of it now
     s = result.summary
     typer.echo(
         f"served {s['programs_completed']} programs, {s['steps_completed']} steps; "

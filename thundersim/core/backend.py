@@ -23,6 +23,7 @@ class Forward:
     body: dict
     sink: Any = None  # asyncio.Queue[bytes | None] when the client asked for a stream
     client_wants_usage: bool = True  # else the usage-only chunk the backend asked for is dropped
+    started: bool = False  # part of the answer reached the client: the call cannot be re-run
 
 
 @dataclass(slots=True)
@@ -108,7 +109,8 @@ class Backend(Protocol):
     `submit` queues a call and returns at once; the backend calls `on_done(usage)` when the call
     has finished, or `on_failure(request, exc)` when the replica could not serve it (it died, it
     answered garbage): exactly one of the two, once. The Cluster then hands the program back to
-    the policy. (Both callbacks come with the call, so nothing is wired in after construction.)
+    the policy. A call that ends without an answer (the engine refused or failed it) is done,
+    with `Usage.status` not 200: it is not a completed step. (Both callbacks come with the call, so nothing is wired in after construction.)
     The async lifecycle (`connect`, `refresh`, `close`) is a no-op for a simulated replica.
     Implementations: thundersim.sim.engine.SimBackend, thundersim.engine_adapters.vllm.VLLMBackend
     (registered by name in thundersim.engine_adapters.registry)."""
@@ -144,6 +146,15 @@ class Backend(Protocol):
         """Bring `stats()` up to date (a live engine's counters are scraped, not pushed)."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Revivable(Protocol):
+    """An optional protocol: a replica that can come back after being down (a live engine
+    restarted). It calls `on_up()` once `alive` is True again; the Cluster sets the hook, so
+    that the calls it withheld while no replica could take them are offered to the policy."""
+
+    on_up: Callable[[], None] | None
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from thundersim.core.backend import Backend, Request, Usage
+from thundersim.core.backend import Backend, Request, Revivable, Usage
 from thundersim.core.policy import (
     BackendView,
     ClusterView,
@@ -82,8 +82,12 @@ class Cluster:
         self.unfinished_views: dict[str, Any] = {}  # their views, for ClusterView.programs
         self.view = ClusterView(self)
         self.withheld = 0  # programs with a ready call that the policy withholds
+        self.finished_count = 0  # programs that finished (forgotten ones included)
         self.decisions_applied = 0
         self._waiters: dict[str, Any] = {}  # program id -> Driver event for its running call
+        for b in self.backends:
+            if isinstance(b, Revivable):
+                b.on_up = self.reoffer
 
     @property
     def now(self) -> float:
@@ -156,9 +160,17 @@ class Cluster:
             b.unpin(program.id)
         del self.unfinished[program.id]
         del self.unfinished_views[program.id]
+        self.finished_count += 1
         if self.observer is not None:
             self.observer.on_program_done(program)
         self._apply(self.policy.on_finish(self.view, program.view))
+
+    def forget(self, program: Program) -> None:
+        """Drop a finished program from `programs`: a front end that serves without end keeps
+        only the programs it still serves (their records are on disk by then)."""
+        if not program.status.is_finished:
+            raise RuntimeError(f"{program!r} is not finished")
+        self.programs.pop(program.id, None)
 
     def _call_failed(self, request: Request, exc: Exception) -> None:
         """A backend could not serve the program's call (it went down): the call is ready
@@ -171,6 +183,24 @@ class Cluster:
             p.status = Status.PAUSED
         self.withheld += 1
         self._apply(self.policy.on_request(self.view, p.view))
+
+    def reoffer(self) -> None:
+        """A backend came back: every withheld call is offered to the policy again, as when it
+        became ready (a policy that waited for a live replica places it now)."""
+        for p in list(self.unfinished.values()):
+            if p.pending and p.status is not Status.ACTIVE and not p.status.is_finished:
+                self._apply(self.policy.on_request(self.view, p.view))
+
+    def withdraw(self, program: Program, usage: Usage) -> None:
+        """End a withheld call without running it (its client left, or it was held past the
+        front end's bound): done with `usage` (an error status), the program back to acting."""
+        if not program.pending:
+            raise RuntimeError(f"{program!r} has no withheld call")
+        program.pending = False
+        if program.status is not Status.ACTIVE:
+            self.withheld -= 1
+        program.call_sent_time = self.now
+        self._call_done(program, usage, program.last_backend)
 
     def tick(self) -> None:
         self._apply(self.policy.on_tick(self.view))
@@ -210,15 +240,17 @@ class Cluster:
             request, lambda usage: self._call_done(program, usage, backend), self._call_failed
         )
 
-    def _call_done(self, program: Program, usage: Usage, backend: int) -> None:
+    def _call_done(self, program: Program, usage: Usage, backend: int | None) -> None:
         program.in_flight = False
-        program.context_tokens = usage.prompt_tokens + usage.output_tokens
-        program.peak_context = max(program.peak_context, program.context_tokens)
+        served = usage.status == 200
+        if served:  # a failed call leaves the context as it was sent (its client sends it again)
+            program.context_tokens = usage.prompt_tokens + usage.output_tokens
+            program.peak_context = max(program.peak_context, program.context_tokens)
         program.step += 1
         program.phase = Phase.ACTING
         program.acting_since = self.now
         program.last_usage = usage
-        if program.first_response_time is None:
+        if program.first_response_time is None and served:
             program.first_response_time = self.now
         if program.status is Status.PAUSED:
             program.backend = None  # paused while its call ran: unbind now

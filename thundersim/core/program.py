@@ -135,7 +135,7 @@ class OpenProgram(Program):
     """A program whose calls arrive one at a time from a live agent (thundersim serve): nothing
     is known ahead, its context grows from what each call's usage reports."""
 
-    __slots__ = ("calls",)
+    __slots__ = ("_calls", "n_calls")
 
     def __init__(self, program_id: str, index: int, workload: str = "serve"):
         self.id = program_id
@@ -143,7 +143,11 @@ class OpenProgram(Program):
         self.prefix_id = None
         self.prefix_tokens = 0
         self.peak_context = 0
-        self.calls: list[Call] = []
+        # Only the current call and the one before it are kept (the Cluster reads the previous
+        # call's epoch, the Recorder its tool): an agent of 10,000 calls holds two requests'
+        # bodies, not 10,000.
+        self._calls: dict[int, Call] = {}
+        self.n_calls = 0
         super().__init__(None, index)
 
     @property
@@ -151,16 +155,18 @@ class OpenProgram(Program):
         return None
 
     def has_call(self, i: int) -> bool:
-        return i < len(self.calls)
+        return i < self.n_calls
 
     def call(self, i: int) -> Call:
-        return self.calls[i]
+        return self._calls[i]
 
     def add_call(self, call: Call) -> None:
         """The agent's next call (the Cluster is told with `request`)."""
-        if len(self.calls) != self.step:
+        if self.n_calls != self.step:
             raise RuntimeError(f"{self!r} already has call {self.step}")
-        self.calls.append(call)
+        self._calls[self.n_calls] = call
+        self._calls.pop(self.n_calls - 2, None)
+        self.n_calls += 1
 
 
 class ProgramView:

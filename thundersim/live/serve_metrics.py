@@ -64,7 +64,7 @@ class _ClusterCollector:
         yield GaugeMetricFamily(
             "thundersim_steps_completed",
             "Completed steps (call + tool)",
-            value=len(self.recorder.steps),
+            value=self.recorder.steps_recorded,
         )
         yield GaugeMetricFamily(
             "thundersim_decisions_applied",
@@ -76,8 +76,9 @@ class _ClusterCollector:
     def _programs(self) -> GaugeMetricFamily:
         programs = GaugeMetricFamily("thundersim_programs", "Programs by status", labels=["status"])
         counts = dict.fromkeys(Status, 0)
-        for p in self.cluster.programs.values():
+        for p in self.cluster.unfinished.values():
             counts[p.status] += 1
+        counts[Status.DONE] += self.cluster.finished_count  # released ones are forgotten
         for status, n in counts.items():
             programs.add_metric([status.name.lower()], n)
         return programs

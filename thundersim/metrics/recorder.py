@@ -81,14 +81,35 @@ STEP_COLUMNS = [
 ]
 
 
+PROGRAM_COLUMNS = [
+    "program",
+    "workload",
+    "arrival_t",
+    "ready_t",
+    "first_response_t",
+    "finish_t",
+    "steps_done",
+    "steps",
+    "status",
+    "ttfr_s",
+    "peak_context",
+]
+
+
 class Recorder:
     """Listens to the Cluster (ClusterObserver) and samples the backends. Built before the
-    Cluster, which is handed it as its observer; it learns of programs as they arrive."""
+    Cluster, which is handed it as its observer; it learns of programs as they arrive.
 
-    def __init__(self, backends: Sequence[Backend], sample_dt: float):
+    With a `journal` (thundersim.metrics.journal), step rows, memory samples and finished
+    programs go to disk as they come and are not kept: what a run without an end needs."""
+
+    def __init__(self, backends: Sequence[Backend], sample_dt: float, journal=None):
         if sample_dt <= 0:
             raise ValueError("sample_dt must be > 0")
-        self.programs: dict[str, Program] = {}  # every program that arrived, in arrival order
+        self.journal = journal
+        self.failed_calls = 0  # calls that ended without an answer (not steps)
+        # every program that arrived, in arrival order (with a journal: the unfinished ones)
+        self.programs: dict[str, Program] = {}
         self.backends = list(backends)
         # which replicas show their block pool (the optional KVIntrospection protocol)
         self._pools = [isinstance(b, KVIntrospection) for b in self.backends]
@@ -112,10 +133,14 @@ class Recorder:
 
     def on_step_done(self, program: Program, now: float) -> None:
         usage, backend = self._calls.pop(program.id)
+        if usage.status != 200:  # refused or failed: no step was done (counted apart)
+            self.failed_calls += 1
+            return
         i = program.step - 1
         tool = program.call(i).tool
         prep = (program.ready_time - program.arrival_time) if i == 0 else 0.0
-        self.steps.append(
+        self._keep(
+            "steps",
             (
                 program.id,
                 i,
@@ -138,17 +163,31 @@ class Recorder:
                 usage.finish_time - usage.first_token_time,
                 now - usage.finish_time,
                 prep,
-            )
+            ),
         )
 
     def on_program_done(self, program: Program) -> None:
-        self.finished.append(program)
         del self._unfinished[program.id]
+        if self.journal is None:
+            self.finished.append(program)
+        else:
+            self.journal.append("programs", _program_row(program))
+            del self.programs[program.id]
+
+    @property
+    def steps_recorded(self) -> int:
+        return self.journal.rows["steps"] if self.journal is not None else len(self.steps)
+
+    def _keep(self, table: str, row: tuple) -> None:
+        if self.journal is not None:
+            self.journal.append(table, row)
+        else:
+            (self.steps if table == "steps" else self.memory).append(row)
 
     # ---- sampling ------------------------------------------------------------------------
     def _is_acting(self, key: Any) -> bool:
-        p = self.programs.get(chain_program(key)) if isinstance(key, str) else None
-        return p is not None and p.phase is Phase.ACTING and p.status is not Status.DONE
+        p = self._unfinished.get(chain_program(key)) if isinstance(key, str) else None
+        return p is not None and p.phase is Phase.ACTING
 
     def _withheld_min(self) -> float:
         """Smallest prompt among the ready calls the policy withholds (programs WAITING or
@@ -201,7 +240,8 @@ class Recorder:
             "idle": 0 if waiting else spare,
         }
         state.append(cats)
-        self.memory.append(
+        self._keep(
+            "memory",
             (
                 now,
                 b.index,
@@ -213,7 +253,7 @@ class Recorder:
                 withheld,
                 waiting,
                 c_min,
-            )
+            ),
         )
 
     def _sample_stats(
@@ -229,7 +269,8 @@ class Recorder:
         cats["decode"] = s.used_tokens
         cats["unused" if waiting else "idle"] = spare
         state.append(cats)
-        self.memory.append(
+        self._keep(
+            "memory",
             (
                 now,
                 b.index,
@@ -241,7 +282,7 @@ class Recorder:
                 withheld,
                 waiting,
                 withheld_min,
-            )
+            ),
         )
 
     def _integrate(self, now: float) -> None:
@@ -266,7 +307,10 @@ class Recorder:
         """Per backend: its memory samples up to `now`, each with the seconds it stands for
         (to the next sample, the last one to `now`)."""
         by_backend: dict[int, list[tuple]] = {}
-        for row in self.memory:
+        rows = self.memory
+        if self.journal is not None:
+            rows = self.journal.frame("memory").itertuples(index=False, name=None)
+        for row in rows:
             if row[0] <= now:
                 by_backend.setdefault(row[1], []).append(row)
         out = []
@@ -300,50 +344,40 @@ class Recorder:
 
     # ---- tables ----------------------------------------------------------------------------
     def steps_frame(self) -> pd.DataFrame:
+        if self.journal is not None:
+            return self.journal.frame("steps")
         return pd.DataFrame(self.steps, columns=STEP_COLUMNS)
 
     def programs_frame(self) -> pd.DataFrame:
-        rows = []
-        for p in self.programs.values():
-            ttfr = (
-                p.first_response_time - p.arrival_time
-                if p.first_response_time is not None
-                else math.nan
-            )
-            rows.append(
-                (
-                    p.id,
-                    p.workload,
-                    p.arrival_time,
-                    p.ready_time if p.ready_time is not None else math.nan,
-                    p.first_response_time if p.first_response_time is not None else math.nan,
-                    p.finish_time if p.finish_time is not None else math.nan,
-                    p.step,
-                    p.n_steps,
-                    p.status.name,
-                    ttfr,
-                    p.peak_context,
-                )
-            )
-        return pd.DataFrame(
-            rows,
-            columns=[
-                "program",
-                "workload",
-                "arrival_t",
-                "ready_t",
-                "first_response_t",
-                "finish_t",
-                "steps_done",
-                "steps",
-                "status",
-                "ttfr_s",
-                "peak_context",
-            ],
+        rows = pd.DataFrame(
+            [_program_row(p) for p in self.programs.values()], columns=PROGRAM_COLUMNS
         )
+        if self.journal is None:
+            return rows
+        done = self.journal.frame("programs")
+        return pd.concat([done, rows], ignore_index=True) if len(rows) else done
 
     def memory_frame(self) -> pd.DataFrame:
+        if self.journal is not None:
+            return self.journal.frame("memory")
         return pd.DataFrame(self.memory, columns=MEMORY_COLUMNS)
+
+
+def _program_row(p: Program) -> tuple:
+    ttfr = p.first_response_time - p.arrival_time if p.first_response_time is not None else math.nan
+    return (
+        p.id,
+        p.workload,
+        p.arrival_time,
+        p.ready_time if p.ready_time is not None else math.nan,
+        p.first_response_time if p.first_response_time is not None else math.nan,
+        p.finish_time if p.finish_time is not None else math.nan,
+        p.step,
+        p.n_steps,
+        p.status.name,
+        ttfr,
+        p.peak_context,
+    )
 
 
 def quantile(values, q: float) -> float | None:

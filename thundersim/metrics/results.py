@@ -179,6 +179,8 @@ def result_of(
         "sim_speed": now / wall if wall > 0 else None,
         "interrupted": interrupted,
         "steps_completed": int(len(steps)),
+        # calls that ended without an answer (refused, failed, withdrawn): not steps
+        "calls_failed": recorder.failed_calls,
         "programs_completed": int(len(done)),
         # a recycled closed loop has no total: the programs that arrived
         "programs_total": int(len(programs)) + (0 if driver.recycle else len(driver.queue)),
