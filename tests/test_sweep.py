@@ -351,3 +351,139 @@ def test_a_damaged_cache_entry_is_recomputed_with_a_warning(spec_file, tmp_path,
     for folder in (a, b, c):
         assert f"{folder} is damaged" in warned
         assert damaged(folder, spec.keep) is None
+
+
+# ---- a worker that dies: its points run again, or the sweep stops naming the point -----------
+def _dies_once(marks: str, i: int) -> int:
+    """Job i of a pool_map: the first worker to take job 1 is SIGKILLed (a real kill, as the
+    OOM killer does); any other attempt returns i."""
+    if i == 1:
+        try:
+            os.close(os.open(Path(marks) / "killed", os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return i
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i
+
+
+def _always_dies(i: int) -> int:
+    """Job i of a pool_map; the last job kills every worker that takes it."""
+    if i == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i
+
+
+def test_a_point_whose_worker_is_killed_runs_again_in_another(tmp_path):
+    """A worker SIGKILLed under a point breaks the pool (BrokenProcessPool used to end the
+    sweep with a traceback naming nothing): the points not finished run again in a new pool,
+    and every result comes back once."""
+    from thundersim.lab.compare import pool_map
+
+    got: list[int] = []
+    stopped = pool_map(
+        _dies_once, [(str(tmp_path), i) for i in range(4)], 2, lambda i, v: got.append(v)
+    )
+    assert stopped is False
+    assert (tmp_path / "killed").exists()  # the kill happened
+    assert sorted(got) == [0, 1, 2, 3]
+
+
+def test_a_point_that_kills_every_worker_stops_the_sweep_naming_it(tmp_path):
+    """A point whose worker dies every time: after two breaks with nothing finished the
+    points run one per pool, the others finish (kept), and the error names the point and how
+    its worker ended."""
+    from thundersim.lab.compare import WorkerDied, pool_map
+
+    got: list[int] = []
+
+    def name(i: int, exc: Exception) -> Exception:
+        return SpecError(f"point {i}: {exc}") if isinstance(exc, WorkerDied) else exc
+
+    with pytest.raises(SpecError, match=r"point 3: its worker process died .*SIGKILL"):
+        pool_map(_always_dies, [(i,) for i in range(4)], 2, lambda i, v: got.append(v), name)
+    assert sorted(got) == [0, 1, 2]
+
+
+_KILL_FIRST_WORKER = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from thundersim.lab.sweep import load_spec, run_sweep
+me = os.getpid()
+def kill_the_first_worker():  # as soon as the pool has started one
+    while True:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and stat.parent.name != str(me):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+                print("killed", stat.parent.name, flush=True)
+                return
+        time.sleep(0.001)
+threading.Thread(target=kill_the_first_worker, daemon=True).start()
+result = run_sweep(load_spec(sys.argv[1]), Path(sys.argv[2]), workers=2)
+print(result.ran, result.cached, len(result.table))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_sweep_whose_worker_is_killed_as_the_pool_starts_finishes(spec_file, tmp_path):
+    """A worker SIGKILLed as the pool starts (before or under its first point): the sweep
+    runs every point anyway and caches each whole."""
+    cache = tmp_path / "cache"
+    r = subprocess.run(
+        [sys.executable, "-c", _KILL_FIRST_WORKER, str(spec_file), str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    killed, done = r.stdout.splitlines()
+    assert killed.startswith("killed ")
+    assert done == "4 0 4"
+    assert "a worker process died (killed by SIGKILL)" in r.stderr
+    from thundersim.lab.points import damaged
+
+    spec = load_spec(spec_file)
+    entries = [f for f in cache.iterdir() if ".tmp" not in f.name]
+    assert len(entries) == 4 and all(damaged(f, spec.keep) is None for f in entries)
+
+
+def test_temporaries_killed_writers_left_are_removed_and_never_read(spec_file, tmp_path):
+    """A writer killed mid-write leaves KEY.tmpPID@HOST-* (a discard killed mid-delete,
+    KEY.badPID@HOST-*): the next sweep removes those whose writer on this host is gone and
+    any an hour old, keeps a live writer's, and never reads one as the point."""
+    import socket
+
+    cache = tmp_path / "cache"
+    spec = load_spec(spec_file)
+    key = point_key(spec.points(reduced=True)[0], spec.keep)
+    host = socket.gethostname()
+    cache.mkdir()
+
+    def temporary(name: str, age_s: float = 0.0) -> Path:
+        f = cache / name
+        f.mkdir()
+        (f / "summary.json").write_text('{"point": {}, "summary": {"throughput": -1}}')
+        old = time.time() - age_s
+        os.utime(f, (old, old))
+        return f
+
+    dead = 999_999_999  # above any pid_max: no such process
+    gone = [
+        temporary(f"{key}.tmp{dead}@{host}-abc123"),
+        temporary(f"{key}.bad{dead}@{host}-77"),
+        temporary(f"{key}.tmp{os.getpid()}@{host}-old", age_s=2 * 3600),
+        temporary(f"{key}.tmp{dead}@elsewhere-old", age_s=2 * 3600),
+        temporary(f"{key}.tmp{dead}-fromanolderversion", age_s=2 * 3600),
+    ]
+    kept = [
+        temporary(f"{key}.tmp{os.getpid()}@{host}-mine"),  # a live writer, here
+        temporary(f"{key}.tmp{dead}@elsewhere-fresh"),  # another host's: cannot be asked
+    ]
+    result = run_sweep(spec, cache, reduced=True, workers=1)
+    assert (result.ran, result.cached) == (2, 0)  # the stray copies were not taken as the point
+    assert len(result.table) == 2 and (result.table.throughput_steps_per_min > 0).all()
+    assert not any(f.exists() for f in gone)
+    assert all(f.exists() for f in kept)

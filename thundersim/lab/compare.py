@@ -7,9 +7,13 @@ composes the parts (it builds policies by name), so nothing in the core imports 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from itertools import product
 
@@ -21,6 +25,8 @@ from thundersim.metrics.window import check_table, window_columns
 from thundersim.policies import make_policy
 from thundersim.sim.simulate import RunConfig, simulate
 from thundersim.traces.loader import load_trace
+
+log = logging.getLogger(__name__)
 
 COLUMNS = [
     "policy",
@@ -99,6 +105,21 @@ def run_point(trace: str, point: Point, config: RunConfig, options: PolicyOption
     return row(point, result.summary)
 
 
+class WorkerDied(RuntimeError):
+    """A job's worker process ended before the job did (killed, out of memory, or an
+    initializer that failed), with the job alone in its pool: the job, not a neighbour."""
+
+
+# A pool that broke this many times in a row with no job finished runs the rest one job per
+# pool, so that the next break names its job.
+# provenance: estimate — one break is a worker killed from outside; two in a row with nothing
+# finished point at a job (or an initializer) that kills every worker it gets
+_BREAKS_BEFORE_ALONE = 2
+# provenance: estimate — a SIGKILLed process is reaped in milliseconds; this bounds the wait
+# on one that the kernel cannot end (uninterruptible I/O), which is then left behind
+_JOIN_S = 10.0
+
+
 def pool_map(
     fn: Callable,
     jobs: Sequence[tuple],
@@ -108,29 +129,121 @@ def pool_map(
 ) -> bool:
     """fn(*job) for every job in worker processes; on_result(i, value) as each one finishes.
     A failing job raises (on_error(i, exc) when given, to name the job). Returns True when
-    Ctrl-C stopped it: the results already handed over are kept, the rest cancelled."""
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
-        pending = set(futures)
+    Ctrl-C (KeyboardInterrupt) stopped it: the results already handed over are kept, the
+    rest cancelled and the workers killed (not waited for).
+
+    A worker that dies (SIGKILL, the OOM killer, an initializer that fails) breaks its pool:
+    the jobs not finished run again in a new one. After `_BREAKS_BEFORE_ALONE` breaks in a
+    row with no job finished the rest run one per pool, and a job whose lone worker dies
+    raises WorkerDied (through on_error) naming it."""
+    left = list(range(len(jobs)))
+    workers = max(1, workers or os.cpu_count() or 1)
+    breaks = 0  # in a row, with no job finished
+    while left:
+        alone = breaks >= _BREAKS_BEFORE_ALONE
+        batch = left[:1] if alone else left
+        pool = None
         try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    i = futures[f]
-                    try:
-                        value = f.result()
-                    except Exception as exc:
-                        named = on_error(i, exc) if on_error is not None else exc
-                        if named is exc:
-                            raise
-                        raise named from exc
-                    on_result(i, value)
+            pool = ProcessPoolExecutor(min(workers, len(batch)), initializer=_worker_init)
+            finished, broken = _collect(pool, fn, jobs, batch, on_result, on_error)
         except KeyboardInterrupt:
-            for f in pending:
-                f.cancel()
+            _stop(pool)
             return True
+        except BaseException:
+            _stop(pool)
+            raise
+        left = [i for i in left if i not in finished]
+        if broken is None:
+            pool.shutdown()
+            continue
+        exits = _stop(pool, broken=True)
+        if alone:
+            exc = WorkerDied(f"its worker process died before it finished ({_died(exits)})")
+            named = on_error(batch[0], exc) if on_error is not None else exc
+            raise named from broken
+        breaks = 0 if finished else breaks + 1
+        log.warning(
+            "a worker process died (%s): running the %d unfinished job(s) again",
+            _died(exits),
+            len(left),
+        )
     return False
+
+
+def _collect(pool, fn, jobs, batch, on_result, on_error):
+    """Run `batch` on `pool`: (the jobs that finished, the BrokenProcessPool if a worker
+    died)."""
+    futures = {}
+    broken = None
+    for i in batch:
+        try:
+            futures[pool.submit(fn, *jobs[i])] = i
+        except BrokenProcessPool as exc:  # a worker died while the others were being sent
+            broken = exc
+            break
+    finished: set[int] = set()
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for f in done:
+            i = futures[f]
+            try:
+                value = f.result()
+            except BrokenProcessPool as exc:
+                broken = exc
+                continue
+            except Exception as exc:
+                named = on_error(i, exc) if on_error is not None else exc
+                if named is exc:
+                    raise
+                raise named from exc
+            on_result(i, value)
+            finished.add(i)
+    return finished, broken
+
+
+def _worker_init() -> None:
+    """A worker leaves stopping to the sweep: Ctrl-C and a hang-up reach the whole process
+    group, and the pool decides (it kills its workers); SIGTERM ends it as by default (a
+    forked worker inherits its parent's Python handlers)."""
+    for name in ("SIGINT", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _stop(pool: ProcessPoolExecutor | None, broken: bool = False) -> list[int | None]:
+    """Kill the pool's workers (what they were computing is lost: a point being written is a
+    temporary folder, never read) and wait until they are gone; their exit codes. A broken
+    pool has ended its workers itself (SIGTERM to those left): it is waited for first, so
+    that the exit codes are read once it has reaped them (both reaping races to ECHILD)."""
+    if pool is None:
+        return []
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    if broken:
+        pool.shutdown(wait=True, cancel_futures=True)
+    exits = [p.exitcode for p in procs]  # before any kill of ours: how the dead ones ended
+    for p in procs:
+        with contextlib.suppress(Exception):
+            if p.exitcode is None:
+                p.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+    for p in procs:
+        p.join(_JOIN_S)
+    return exits
+
+
+def _died(exits: list[int | None]) -> str:
+    """How a broken pool's workers ended, for the message: the first that did not end by the
+    pool's own SIGTERM (it terminates the others when one dies)."""
+    ended = [c for c in exits if c is not None]
+    code = next((c for c in ended if c != -signal.SIGTERM), ended[0] if ended else None)
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def run_grid(

@@ -8,7 +8,8 @@ until one of them changes. A finished point is a folder holding summary.json and
 keeps, written whole or not at all: into a temporary folder beside it, then renamed into
 place. Two writers of one point (two sweeps on one cache, or a sweep and the workers a killed
 one left) both compute it; the first rename wins and the other keeps the winner's. A folder
-that is not whole (`damaged`: a truncated summary.json, a missing table) is recomputed.
+that is not whole (`damaged`: a truncated summary.json, a missing table) is recomputed, and
+the temporary folder a killed writer left is removed by the next sweep (`clean_temporaries`).
 Local workers die with the sweep that started them (`die_with`).
 """
 
@@ -20,8 +21,10 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -224,7 +227,7 @@ def store_point(out: Path, point: dict, summary: dict, tables: dict[str, pd.Data
     then renamed to `out`. If `out` is already there another writer finished the same point
     (same inputs, same result): theirs is kept and this one discarded."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp{os.getpid()}-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp{_writer()}-", dir=out.parent))
     try:
         for name, frame in tables.items():
             frame.to_parquet(tmp / f"{name}.parquet", index=False)
@@ -271,13 +274,7 @@ def die_with(owner_pid: int, poll_s: float = 0.5) -> None:
 def _owner_alive(owner_pid: int, parent: int) -> bool:
     if parent == owner_pid:  # a dead parent is seen at once (a zombie still answers kill 0)
         return os.getppid() == parent
-    try:
-        os.kill(owner_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _alive(owner_pid)
 
 
 def _watch(owner_pid: int, parent: int, poll_s: float) -> None:
@@ -352,9 +349,60 @@ def damaged(folder: Path, keep: Iterable[str]) -> str | None:
 def discard(folder: Path) -> None:
     """Remove a damaged point's folder: renamed away first (a writer may be renaming a whole
     one into its place), then deleted."""
-    aside = folder.with_name(f"{folder.name}.bad{os.getpid()}-{time.monotonic_ns()}")
+    aside = folder.with_name(f"{folder.name}.bad{_writer()}-{time.monotonic_ns()}")
     try:
         os.rename(folder, aside)
     except FileNotFoundError:
         return  # someone else removed it
     shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---- what killed writers leave -----------------------------------------------------------------
+# A temporary's name: KEY.tmpPID@HOST-RANDOM (store_point) or KEY.badPID@HOST-NS (discard);
+# folders of older versions have no @HOST.
+_TEMPORARY = re.compile(r"^[^.]+\.(?:tmp|bad)(?P<pid>\d+)(?:@(?P<host>.*))?-[^-]*$")
+# provenance: estimate — a point's temporary lives while its folder is written (seconds: the
+# simulation runs before it is made); one an hour old has lost its writer, on any host
+STALE_S = 3600.0
+
+
+def _writer() -> str:
+    """PID@HOST: who writes a temporary, so that a sweep can tell one whose writer is gone."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def clean_temporaries(cache: Path, now: float | None = None) -> list[Path]:
+    """Remove the temporaries killed writers left in `cache` (never read as entries: they are
+    not named by a key): those whose writer, on this host, is gone, and any older than
+    STALE_S (a writer on another host sharing the cache cannot be asked). The removed ones."""
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    removed = []
+    try:
+        names = os.listdir(cache)
+    except OSError:  # no cache yet
+        return removed
+    for name in names:
+        m = _TEMPORARY.match(name)
+        if m is None:
+            continue
+        f = cache / name
+        try:
+            age = now - f.lstat().st_mtime
+        except OSError:
+            continue  # its writer finished (renamed it) or another sweep removed it
+        gone = m["host"] == host and not _alive(int(m["pid"]))
+        if gone or age > STALE_S:
+            shutil.rmtree(f, ignore_errors=True)
+            removed.append(f)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process (or no such pid at all)
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True

@@ -18,9 +18,10 @@ A spec is found by path or by name (thundersim.lab.data: the current directory f
 specs installed with thundersim), and so is its trace. Each point is cached by its key
 (thundersim.lab.points: its parameters, the trace's bytes, the simulator's source), so an
 interrupted sweep resumes where it stopped; a damaged entry is recomputed (with a warning),
-and sweeps sharing a cache (or a rerun while a killed sweep's workers finish) keep the first
-copy of a point written. Like compare.py this module composes the parts;
-nothing in the core imports it.
+a killed writer's temporary is removed, a worker that dies has its points run again (a point
+that kills every worker it gets stops the sweep, named), and sweeps sharing a cache (or a
+rerun while a killed sweep's workers finish) keep the first copy of a point written. Like
+compare.py this module composes the parts; nothing in the core imports it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from thundersim.lab import data
 from thundersim.lab.points import (
     POINT_DEFAULTS,
     TABLES,
+    clean_temporaries,
     damaged,
     discard,
     flat_row,
@@ -158,6 +160,8 @@ def run_sweeps(
     every worker stays busy; one SweepResult per spec."""
     if executor not in ("local", "ray"):
         raise SpecError(f"unknown executor {executor!r}; valid: local, ray")
+    for stale in clean_temporaries(cache_dir):
+        log.info("removed %s, a temporary its killed writer left", stale)
     per_spec, unique = _plan(specs, cache_dir, reduced)
     todo = [f for f in unique if not _cached(f, unique[f][1])]
     for _ in range(len(unique) - len(todo)):
@@ -225,7 +229,7 @@ def _gather(
 
 
 def _run_local(jobs: list[tuple], workers, _address, on_done) -> bool:
-    from thundersim.lab.compare import pool_map
+    from thundersim.lab.compare import WorkerDied, pool_map
 
     def done(_i: int, _row: dict) -> None:
         if on_done:
@@ -234,6 +238,10 @@ def _run_local(jobs: list[tuple], workers, _address, on_done) -> bool:
     def name(i: int, exc: Exception) -> Exception:
         if isinstance(exc, ValueError | TraceError):
             return SpecError(f"point {jobs[i][0]}: {exc}")
+        if isinstance(exc, WorkerDied):
+            return SpecError(
+                f"point {jobs[i][0]}: {exc}; the points finished before it are kept in the cache"
+            )
         return exc
 
     # the workers die with this process (a killed sweep leaves none writing to the cache)
