@@ -243,6 +243,7 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has ended (its reaper may be slow)
 
 
+_CLI = [sys.executable, "-c", "from thundersim.cli import main; main()"]
 _SWEEP = """
 import sys
 from pathlib import Path
@@ -487,3 +488,49 @@ def test_temporaries_killed_writers_left_are_removed_and_never_read(spec_file, t
     assert len(result.table) == 2 and (result.table.throughput_steps_per_min > 0).all()
     assert not any(f.exists() for f in gone)
     assert all(f.exists() for f in kept)
+
+
+# ---- a sweep stopped by a signal ---------------------------------------------------------------
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize(
+    ("sig", "code"),
+    [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)],
+    ids=["SIGTERM", "SIGHUP", "SIGINT"],
+)
+def test_a_signal_stops_a_sweep_keeping_and_writing_what_finished(spec_file, tmp_path, sig, code):
+    """`thundersim sweep` sent SIGTERM, SIGHUP or SIGINT (to its own process only, as a job
+    scheduler or `kill` sends it) while two points are done and two run endlessly: it kills
+    its workers (Ctrl-C used to wait for their points, forever here; SIGTERM killed the sweep
+    with no table), writes the table of the two finished points, exits 128 + the signal."""
+    mixed = tmp_path / "mixed.toml"  # two points that finish and two that never do
+    mixed.write_text(spec_file.read_text().replace("concurrency = [2, 4]", "horizon = [0.0, 1e9]"))
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    sweep = subprocess.Popen(
+        [*_CLI, "sweep", str(mixed), "--cache", str(cache), "--out", str(out), "--workers", "4"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the two short points cached, the two endless ones computing
+            assert sweep.poll() is None and time.monotonic() < deadline, "no such state"
+            workers = _children(sweep.pid)
+            entries = [f for f in cache.iterdir() if ".tmp" not in f.name] if cache.exists() else []
+            if len(entries) == 2 and sum(_cpu_s(w) > 0.3 for w in workers if _running(w)) >= 2:
+                break
+            time.sleep(0.05)
+        sweep.send_signal(sig)
+        _, err = sweep.communicate(timeout=60)
+        assert sweep.returncode == code, err
+        assert "mini: 2 points (" in err  # the two finished (of four it ran)
+        import pandas as pd
+
+        table = pd.read_parquet(out / "mini.parquet")
+        assert sorted(table.policy) == ["stp", "vllm"] and (table.horizon == 0).all()
+        assert not any(_running(w) for w in workers), "a worker outlived its sweep"
+    finally:
+        sweep.kill()
+        for w in workers:  # only the processes this test started
+            if _running(w):
+                os.kill(w, signal.SIGKILL)

@@ -37,6 +37,7 @@ from thundersim.cli.app import (
     fail,
     warmup_or_default,
 )
+from thundersim.cli.run import Stops
 from thundersim.lab.compare import grid, run_grid
 from thundersim.lab.data import find
 from thundersim.policies import registry
@@ -164,27 +165,43 @@ def sweep(
     cache: Path = CACHE_OPT,
     out: Path = typer.Option(Path("runs/sweeps"), help="Writes NAME.parquet and NAME.csv here."),
 ) -> None:
-    """Run a spec's grid (cached points are reused; an interrupted sweep resumes) as one table."""
-    from thundersim.lab.sweep import SpecError, load_spec, run_sweep
+    """Run a spec's grid (cached points are reused; an interrupted sweep resumes) as one table.
 
+    Ctrl-C, SIGTERM and SIGHUP stop it alike: its workers are killed, the points finished so
+    far stay cached and are written as the table, and it exits 130, 143 or 129 (128 + the
+    signal). Signals that land while it ends (the table gathered and written) wait for it."""
+    from thundersim.lab import compare as pools
+    from thundersim.lab.sweep import SpecError, _gather, load_spec, run_sweep
+
+    # where its first signal waits instead of interrupting: killing its workers, gathering its
+    # table from the cache
+    ending = (pools._stop.__code__, _gather.__code__)
     try:
         s = load_spec(spec)
         total = len(s.points(reduced))
-        bar = tqdm(total=total, unit="pt", desc=s.name, file=sys.stderr, leave=False)
-        result = run_sweep(
-            s, cache, reduced, executor, workers or None, ray_address or None, on_done=bar.update
-        )
-        bar.close()
+        with Stops(anywhere_but=ending) as stops:
+            bar = tqdm(total=total, unit="pt", desc=s.name, file=sys.stderr, leave=False)
+            try:
+                result = run_sweep(
+                    s, cache, reduced, executor, workers or None, ray_address or None, bar.update
+                )
+            except KeyboardInterrupt:  # stopped before its pool began (or as it returned)
+                raise typer.Exit(stops.exit_code or 130) from None
+            finally:
+                bar.close()
+            stops.finishing()
+            out.mkdir(parents=True, exist_ok=True)
+            result.table.to_parquet(out / f"{s.name}.parquet", index=False)
+            result.table.to_csv(out / f"{s.name}.csv", index=False)
+            typer.echo(
+                f"{s.name}: {len(result.table)} points ({result.ran} run, {result.cached} "
+                f"cached) -> {out / s.name}.parquet",
+                err=True,
+            )
     except SpecError as exc:
         fail(str(exc))
-    out.mkdir(parents=True, exist_ok=True)
-    result.table.to_parquet(out / f"{s.name}.parquet", index=False)
-    result.table.to_csv(out / f"{s.name}.csv", index=False)
-    typer.echo(
-        f"{s.name}: {len(result.table)} points ({result.ran} run, {result.cached} cached) -> "
-        f"{out / s.name}.parquet",
-        err=True,
-    )
+    if stops.exit_code is not None:
+        raise typer.Exit(stops.exit_code)
     if result.interrupted:
         raise typer.Exit(130)
 

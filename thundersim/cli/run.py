@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import signal
@@ -48,9 +49,8 @@ from thundersim.engine_adapters.registry import make_backends
 from thundersim.engine_adapters.sandbox import DockerSandbox, LocalSandbox
 from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.lab.data import find
-from thundersim.live.driver import run_live, write_live_log
-from thundersim.metrics.recorder import Recorder
-from thundersim.metrics.results import check_replaceable, replacing_folder, result_of
+from thundersim.live.driver import _run_to_end, run_live, write_live_log
+from thundersim.metrics.results import check_replaceable, replacing_folder
 from thundersim.metrics.window import describe
 from thundersim.policies import registry
 from thundersim.sim.simulate import _run_until_done, build_run, simulate
@@ -166,7 +166,7 @@ def run(
             result = _execute(
                 specs, pol, config, str(trace), live, f"{policy} c={concurrency}", progress, stops
             )
-        except KeyboardInterrupt:  # stopped before the run began or before it had a result
+        except (KeyboardInterrupt, asyncio.CancelledError):  # stopped before it had a result
             raise typer.Exit(stops.exit_code or 130) from None
         stops.finishing()  # from here a signal waits until the output is whole
         if out is not None:
@@ -197,23 +197,34 @@ class Stops:
     Only the first signal interrupts, and only inside the simulation loop (one that lands
     just before it takes effect at the next program that finishes). One that lands after
     the loop (while the run's result is assembled or its folder written), and every later
-    one, is noted and waits: a second Ctrl-C cannot cut the output short. A live run keeps
-    asyncio's own Ctrl-C handling (the first cancels the run, which returns what it
-    finished); SIGTERM and SIGHUP are handed to that handler, once."""
+    one, is noted and waits: a second Ctrl-C cannot cut the output short.
+
+    A live run (`live`) is stopped by cancelling its task (`attach` names it): the first
+    signal cancels it while it connects (nothing to keep yet) or while the trace is driven
+    (thundersim.live.driver's `_run_to_end`, which returns what finished); once the driving is
+    over (final counters, the result assembled, the backends closed) it is only noted, and so
+    is every later one. Before the run's loop begins a signal ends the command at once.
+
+    A sweep (`anywhere_but`: the frames of its end) is stopped by its first signal wherever
+    it is (as Ctrl-C stops it: KeyboardInterrupt, the pool kills its workers and returns what
+    finished), except inside those frames, where it waits."""
 
     SIGNALS = tuple(
         getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
     )
     _LOOP = (_run_until_done.__code__,)  # where a simulated run may be interrupted
-    # Frames in which a run's result is being assembled: interrupting them would lose it.
-    _ASSEMBLING = (result_of.__code__, Recorder.finalize.__code__)
+    _DRIVING = _run_to_end.__code__  # where a live run may be cancelled and keep its result
 
-    def __init__(self, live: bool = False) -> None:
+    def __init__(self, live: bool = False, anywhere_but: tuple | None = None) -> None:
         self.live = live
+        self.anywhere_but = anywhere_but
         self.first: int | None = None  # the first signal's number
         self.interrupted = False  # the run was told to stop
         self.done = False  # the run is over: signals wait
         self._saved: dict[int, object] = {}
+        self._task: asyncio.Task | None = None  # a live run's
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False  # a live run has connected: only its driving may be cancelled
 
     @property
     def exit_code(self) -> int | None:
@@ -223,10 +234,9 @@ class Stops:
         if threading.current_thread() is not threading.main_thread():
             return self  # signals reach the main thread only (a CLI invoked from a thread)
         for sig in self.SIGNALS:
-            if self.live and sig == signal.SIGINT:
-                continue  # asyncio's Runner installs its own while the live run runs
             if signal.getsignal(sig) is signal.SIG_IGN:
                 continue  # ignored on purpose (nohup; a shell's background job): kept so
+            # a live run's asyncio Runner leaves a SIGINT handler that is not the default alone
             self._saved[sig] = signal.signal(sig, self._on_signal)
         return self
 
@@ -237,8 +247,6 @@ class Stops:
     def finishing(self) -> None:
         """The run is over: signals from now on wait until the output is written."""
         self.done = True
-        if self.live and self._saved and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            self._saved[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_signal)
 
     def check(self) -> None:
         """Inside the run (its progress callback): stop now if a signal asked to."""
@@ -246,26 +254,56 @@ class Stops:
             self.interrupted = True
             raise KeyboardInterrupt
 
+    def attach(self) -> None:
+        """Inside a live run's task, before it connects: signals from now on cancel it."""
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+
+    def running(self) -> None:
+        """The live run has connected and starts driving the trace."""
+        self._running = True
+
     def _on_signal(self, signum: int, frame) -> None:
         if self.first is None:
             self.first = signum
         if self.done or self.interrupted:
             return
+        self.interrupted = True
         if self.live:
-            if _in_frames(frame, self._ASSEMBLING):
-                return
-            handler = signal.getsignal(signal.SIGINT)  # asyncio's while the live run runs
-            self.interrupted = True
-            if callable(handler) and handler is not self._on_signal:
-                handler(signal.SIGINT, frame)
-                return
-            # Ctrl-C ignored (no asyncio handler to cancel the run): stop without a result
+            task = self._task
+            if task is None:  # the run's loop has not begun: nothing to keep
+                raise KeyboardInterrupt
+            if not task.done():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    self._loop.call_soon_threadsafe(self._cancel)
+            return
+        if self.anywhere_but is not None:
+            if _in_frames(frame, self.anywhere_but):
+                return  # ending: it waits, and the command exits with its code
             raise KeyboardInterrupt
         if _in_frames(frame, self._LOOP):
-            self.interrupted = True
             raise KeyboardInterrupt
+        self.interrupted = False
         # not in the loop (before it, or after it): `check` stops the run at the next
         # program that finishes; after the loop nothing calls it and the output is written
+
+    def _cancel(self) -> None:
+        """On the loop, between steps of the live run's task: cancel it if it is connecting
+        or driving the trace, not once its result is being made."""
+        task = self._task
+        if task.done():
+            return
+        if not self._running or _awaits(task.get_coro(), self._DRIVING):
+            task.cancel()
+
+
+def _awaits(coro, code) -> bool:
+    """Whether a suspended coroutine is, through the chain of what it awaits, inside `code`."""
+    while coro is not None:
+        if getattr(coro, "cr_code", None) is code:
+            return True
+        coro = getattr(coro, "cr_await", None)
+    return False
 
 
 def _in_frames(frame, codes: tuple) -> bool:
@@ -322,7 +360,7 @@ def _execute(
     try:
         if live is None:
             return simulate(specs, pol, config, trace_name=trace, progress=tick)
-        return run_fast(_run_live(specs, pol, config, trace, live, tick))
+        return run_fast(_run_live(specs, pol, config, trace, live, tick, stops))
     except (ValueError, RuntimeError) as exc:
         bar.close()  # before the message, so the bar's line is cleared, not the message
         fail(str(exc))
@@ -351,7 +389,9 @@ def _check_fits(specs, backends) -> None:
             )
 
 
-async def _run_live(specs, pol, config, trace: str, live: LiveArgs, tick):
+async def _run_live(specs, pol, config, trace: str, live: LiveArgs, tick, stops=None):
+    if stops is not None:
+        stops.attach()
     urls = urls_of(live.backends, live.engine)
     # Ids below the tiny local model's vocabulary (2,048) are valid ids of any real model too.
     backends = make_backends(live.engine, urls, TokenBook(vocab=TINY_VOCAB))
@@ -363,6 +403,8 @@ async def _run_live(specs, pol, config, trace: str, live: LiveArgs, tick):
             provider = None
             if config.tool_manager is not None:
                 provider = _make_sandbox(live.sandbox, live.sandbox_root, live.disk_scale, stack)
+            if stops is not None:
+                stops.running()
             return await run_live(
                 specs,
                 pol,

@@ -139,34 +139,36 @@ def pool_map(
     left = list(range(len(jobs)))
     workers = max(1, workers or os.cpu_count() or 1)
     breaks = 0  # in a row, with no job finished
-    while left:
-        alone = breaks >= _BREAKS_BEFORE_ALONE
-        batch = left[:1] if alone else left
-        pool = None
-        try:
+    pool = None
+    try:
+        while left:
+            alone = breaks >= _BREAKS_BEFORE_ALONE
+            batch = left[:1] if alone else left
             pool = ProcessPoolExecutor(min(workers, len(batch)), initializer=_worker_init)
             finished, broken = _collect(pool, fn, jobs, batch, on_result, on_error)
-        except KeyboardInterrupt:
-            _stop(pool)
-            return True
-        except BaseException:
-            _stop(pool)
-            raise
-        left = [i for i in left if i not in finished]
-        if broken is None:
-            pool.shutdown()
-            continue
-        exits = _stop(pool, broken=True)
-        if alone:
-            exc = WorkerDied(f"its worker process died before it finished ({_died(exits)})")
-            named = on_error(batch[0], exc) if on_error is not None else exc
-            raise named from broken
-        breaks = 0 if finished else breaks + 1
-        log.warning(
-            "a worker process died (%s): running the %d unfinished job(s) again",
-            _died(exits),
-            len(left),
-        )
+            left = [i for i in left if i not in finished]
+            if broken is None:
+                pool.shutdown()
+                pool = None
+                continue
+            exits = _stop(pool, broken=True)
+            pool = None
+            if alone:
+                exc = WorkerDied(f"its worker process died before it finished ({_died(exits)})")
+                named = on_error(batch[0], exc) if on_error is not None else exc
+                raise named from broken
+            breaks = 0 if finished else breaks + 1
+            log.warning(
+                "a worker process died (%s): running the %d unfinished job(s) again",
+                _died(exits),
+                len(left),
+            )
+    except KeyboardInterrupt:
+        _stop(pool)
+        return True
+    except BaseException:
+        _stop(pool)
+        raise
     return False
 
 
