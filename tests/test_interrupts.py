@@ -218,3 +218,58 @@ def test_a_killed_writers_temporary_folder_is_removed_by_the_next(tmp_path):
     RunResult({"run": 1}, frame, frame, frame).write(tmp_path / "out")
     assert sorted(f.name for f in tmp_path.iterdir()) == ["out"]
     assert os.path.isdir(tmp_path / "out")
+
+
+# A live run on the in-process tiny engine (tests/tiny_engine.py, registered as "tiny") that
+# signals itself (Ctrl-C) once its driving is over, as its final counters are read: the second
+# Ctrl-C of a user who pressed it twice, at the worst moment.
+_LIVE_SECOND_CTRL_C = """
+import os, signal, sys
+sys.path.insert(0, sys.argv.pop(1))
+import thundersim.live.driver as driver
+from thundersim.engine_adapters.registry import register_engine
+from tests.tiny_engine import TinyBackend
+from thundersim.cli import main
+register_engine("tiny", TinyBackend)
+real = driver._final_refresh
+async def _final_refresh(backends):
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    return await real(backends)
+driver._final_refresh = _final_refresh
+sys.argv = ["thundersim", *sys.argv[1:]]
+main()
+"""
+LIVE = ["--engine", "tiny", "--backends", "tiny://a", "--token-scale", "0.1"]
+LIVE += ["--time-scale", "0.001", "--tool-manager", "none", *ENDLESS]
+
+
+def test_a_second_ctrl_c_during_a_live_run_waits_for_its_output(trace, tmp_path):
+    """Ctrl-C stops a live run; another Ctrl-C (and a SIGTERM) while its result is made used
+    to raise KeyboardInterrupt there (asyncio's handler) and lose it: now they wait, the run
+    prints its summary and writes its folder whole, and exits 130 (the first signal's)."""
+    out, log = tmp_path / "out", tmp_path / "err"
+    root = str(Path(__file__).resolve().parent.parent)
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LIVE_SECOND_CTRL_C, root, "run", "--trace", str(trace)]
+            + ["--out", str(out), "--json", *LIVE],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    deadline = time.monotonic() + WAIT_S
+    while "programs done" not in log.read_text():  # the trace is being driven
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the live run did not start: {log.read_text()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    rc, stdout = finish(proc)
+    assert rc == 130, log.read_text()
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True and summary["setup"] == "live: tiny://a"
+    assert summary["steps_completed"] > 0
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert (out / "steps.jsonl").exists()
+    assert pd.read_parquet(out / "steps.parquet").shape[0] == summary["steps_completed"]
