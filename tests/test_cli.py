@@ -262,3 +262,21 @@ def test_catalog_lists_hardware_and_the_provenance_table():
     assert table.exit_code == 0
     doc = Path(__file__).resolve().parent.parent / "docs" / "PROVENANCE.md"
     assert table.stdout == doc.read_text()  # the same generated table as the committed doc
+
+
+@pytest.mark.parametrize("policy", registry.names())
+def test_run_json_stdout_is_only_the_json_object_for_every_policy(trace12, policy):
+    """`run --json` as a real process (a solver's log written to file descriptor 1, as HiGHS
+    may write it, would pass CliRunner unseen): stdout parses as one JSON object for every
+    registered policy, on a pool small enough that stp_exact solves its victim MILPs."""
+    r = subprocess.run(
+        [sys.executable, "-c", "from thundersim.cli import main; main()", "run"]
+        + ["--trace", str(trace12), "--policy", policy, "--json", "--no-progress"]
+        + ["--concurrency", "12", "--kv-tokens", "140000"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["policy"] == policy and summary["programs_completed"] == 12
