@@ -60,7 +60,7 @@ def _prepare_at(env, box, jobs):
 
     def starter(t, key, work):
         yield env.timeout(t)
-        box.prepare(key, EnvSpec(prep_s=work), work, lambda h: ready.setdefault(h, env.now))
+        box.prepare(key, EnvSpec(prep_s=work), work, lambda h: ready.setdefault(h, env.now), print)
 
     for t, key, work in jobs:
         env.process(starter(t, key, work))
@@ -123,7 +123,7 @@ def test_the_manager_hands_the_uncontended_time_and_records_the_concurrency():
     box = SimSandbox(env)
     seen = []
     prepare = box.prepare
-    box.prepare = lambda key, spec, d, cb: (seen.append(d), prepare(key, spec, d, cb))
+    box.prepare = lambda key, spec, d, cb, fail: (seen.append(d), prepare(key, spec, d, cb, fail))
     manager = EnvManager(SimClock(env), box, "gc")
     progs = [
         SimpleNamespace(id=f"p{i}", spec=SimpleNamespace(env=EnvSpec(prep_s=30.0)), envs=None)
@@ -305,7 +305,10 @@ def test_a_local_sandbox_has_real_files_ports_and_processes_and_leaves_nothing(t
     async def main():
         box = LocalSandbox(tmp_path / "boxes", disk_scale=1e-3)
         ready = asyncio.get_running_loop().create_future()
-        box.prepare("env-1", EnvSpec(prep_s=0.2, disk_bytes=2 * GB, ports=2), 0.2, ready.set_result)
+        spec = EnvSpec(prep_s=0.2, disk_bytes=2 * GB, ports=2)
+        box.prepare(
+            "env-1", spec, 0.2, ready.set_result, lambda why: ready.set_exception(RuntimeError(why))
+        )
         sb = await ready
         files = list(sb.path.iterdir())
         size = sum(f.stat().st_size for f in files)
@@ -363,7 +366,7 @@ def _live(specs, root, mode="gc+prefetch", cancel_after=None):
         box = LocalSandbox(root, disk_scale=1e-4)
         original = box._prepare
 
-        async def spy(key, spec, duration, on_ready):
+        async def spy(key, spec, duration, on_ready, on_failed):
             def record(sb):
                 seen["dirs"].add(sb.path)
                 seen["ports"].update(sb.ports)
@@ -371,7 +374,7 @@ def _live(specs, root, mode="gc+prefetch", cancel_after=None):
                     seen["pids"].add(sb.helper.pid)
                 on_ready(sb)
 
-            await original(key, spec, duration, record)
+            await original(key, spec, duration, record, on_failed)
 
         box._prepare = spy
         pol = make_policy("stp", PolicyOptions(tick_interval=0.2))
@@ -417,7 +420,7 @@ def test_port_helper_ends_when_its_parent_is_killed(tmp_path):
         "async def main():\n"
         f"    box = LocalSandbox({str(tmp_path)!r}, 0)\n"
         "    f = asyncio.get_running_loop().create_future()\n"
-        "    box.prepare('k', EnvSpec(ports=1), 0, f.set_result)\n"
+        "    box.prepare('k', EnvSpec(ports=1), 0, f.set_result, print)\n"
         "    sb = await f\n"
         "    print(json.dumps([sb.helper.pid, sb.ports[0]]), flush=True)\n"
         "    await asyncio.sleep(60)\n"

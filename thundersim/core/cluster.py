@@ -11,7 +11,7 @@ each call carries its own completion and failure callbacks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from thundersim.core.backend import Backend, Request, Revivable, Usage
@@ -49,6 +49,14 @@ class Clock(Protocol):
     def new_event(self) -> Any: ...
 
     def fire(self, event: Any, value: Any) -> None: ...
+
+    def fail(self, event: Any, error: BaseException) -> None:
+        """Fire the event with an error: what waits on it gets `error` raised (the tool
+        manager's way of telling a program that its environment cannot be made)."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Call `callback()` after `delay` seconds of this clock (the tool manager's bound on a
+        preparation that never answers)."""
 
 
 class ClusterObserver(Protocol):

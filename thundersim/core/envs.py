@@ -18,10 +18,18 @@ preparation time; what contention does to it is the provider's business (the sim
 shares its service among the preparations in progress, a real one takes as long as it takes).
 Each environment records how many preparations were in progress when it started and, on
 average, while it was being prepared.
+
+Nothing waits forever: a preparation the provider reports failed (`on_failed`), or one it has
+not answered `provider.prep_timeout_s` after its uncontended duration, frees its resources and
+stops the run with `EnvPrepFailed`, naming the program, the environment and the reason. The
+programs waiting for an environment get it raised; no further preparation starts; a program
+that arrives later gets it too. The runners stop on it as on `EnvLimitReached` (both are
+`EnvStopped`): what finished is kept, the reason goes to the summary's `stopped`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -68,9 +76,30 @@ INITIAL_PREFETCH_DEPTH = 1
 PREFETCH_SPARE = 1
 
 
-class EnvLimitReached(RuntimeError):
+log = logging.getLogger(__name__)
+
+
+class EnvStopped(RuntimeError):
+    """The tool manager cannot go on: the run stops, keeps what it finished and records why
+    (the summary's `stopped`)."""
+
+
+class EnvLimitReached(EnvStopped):
     """Without garbage collection nothing is ever freed: once the next environment does not fit
     the limits, the run cannot go on (the paper's baseline crossing its 2 TB disk)."""
+
+
+class EnvPrepFailed(EnvStopped):
+    """A program's environment could not be made (its provider said why, or never answered):
+    the program cannot run, and the run stops rather than wait for it."""
+
+    def __init__(self, program_id: str, key: str, reason: str):
+        super().__init__(
+            f"program {program_id}: its environment {key} could not be prepared: {reason}"
+        )
+        self.program_id = program_id
+        self.key = key
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -120,12 +149,19 @@ class EnvManager:
         self._created = 0  # environments made so far: numbers their provider keys
         self.closed = False
         self.leaked_at_end = 0
+        self.failure: EnvPrepFailed | None = None  # the first preparation that failed
+        self.failed_preps = 0
         self._record()
 
     # ---- what the Driver reports -----------------------------------------------------------
     def acquire(self, program) -> Any:
         """The program arrived: an event that fires when its environment is ready (at once if
-        it was prepared ahead). The environment becomes the program's T."""
+        it was prepared ahead). The environment becomes the program's T. After a preparation
+        failed the event carries that failure (EnvPrepFailed): nothing more is prepared."""
+        if self.failure is not None:
+            event = self.clock.new_event()
+            self.clock.fail(event, self.failure)
+            return event
         env = self.envs.get(program.id)
         if env is None:
             env = self._new(program.id, program.spec.env, prefetched=False)
@@ -135,6 +171,8 @@ class EnvManager:
         event = self.clock.new_event()
         if env.ready:
             self.clock.fire(event, env)
+        elif self.failure is not None:  # it (or one before it) failed while being started
+            self.clock.fail(event, self.failure)
         else:
             env.waiters.append(event)
         return event
@@ -221,6 +259,9 @@ class EnvManager:
             "mean_env_wait_s": sum(waits) / len(waits) if waits else 0.0,
             "disk_limit_bytes": self.limits.disk_bytes,
             "port_limit": self.limits.ports,
+            # preparations that failed or never answered; the first one's message (None: none)
+            "failed_preps": self.failed_preps,
+            "prep_failure": str(self.failure) if self.failure is not None else None,
         }
 
     def mark_end(self) -> None:
@@ -253,9 +294,9 @@ class EnvManager:
 
     def _pump(self) -> None:
         """Start what fits: queued programs first (FIFO), then prefetches."""
-        if self.closed:
+        if self.closed or self.failure is not None:
             return
-        while self._queue:
+        while self._queue and self.failure is None:
             head = self._queue[0]
             self._check_possible(head.spec, head.program_id)
             if not self._fits(head.spec):
@@ -295,7 +336,7 @@ class EnvManager:
     def _prefetch(self) -> None:
         depth = self._prefetch_depth()
         for n, spec in enumerate(self.upcoming()):
-            if n >= depth:
+            if n >= depth or self.failure is not None:
                 break
             if spec.id in self.envs or (spec.env.prep_s <= 0 and not spec.env.disk_bytes):
                 continue
@@ -314,13 +355,25 @@ class EnvManager:
         env.concurrent = self.n_preparing
         env.prep_area_start = self._prep_area
         duration = max(env.spec.prep_s, 0.0)  # uncontended: contention is the provider's
-        self.provider.prepare(env.key, env.spec, duration, lambda handle: self._ready(env, handle))
+        timeout = self.provider.prep_timeout_s
+        if timeout is not None:
+            limit = duration + timeout
+            self.clock.call_later(limit, lambda: self._overdue(env, limit))
+        self.provider.prepare(
+            env.key,
+            env.spec,
+            duration,
+            lambda handle: self._ready(env, handle),
+            lambda reason: self._failed(env, reason),
+        )
 
     def _ready(self, env: Env, handle: Any) -> None:
-        env.handle = handle
-        if env.state is EnvState.REMOVED:  # torn down (end of run) while it was prepared
+        if env.state is EnvState.REMOVED:  # torn down (end of run, failed) while prepared
             self.provider.teardown(handle)
             return
+        if env.state is not EnvState.PREPARING:  # a second answer: the first one counts
+            return
+        env.handle = handle
         self._count_preparing(-1)
         env.state = EnvState.READY
         env.ready_t = self.clock.now
@@ -334,6 +387,28 @@ class EnvManager:
             self.clock.fire(event, env)
         env.waiters.clear()
         self._record()
+
+    def _overdue(self, env: Env, limit: float) -> None:
+        if env.state is EnvState.PREPARING:
+            self._failed(env, f"the provider did not answer within {limit:.1f} s")
+
+    def _failed(self, env: Env, reason: str) -> None:
+        """The provider could not make it (or never answered): free its resources, and tell
+        every program waiting for an environment, which stops the run."""
+        if env.state is not EnvState.PREPARING:  # late: given up, removed or closed already
+            return
+        self.failed_preps += 1
+        env.failure = reason
+        error = EnvPrepFailed(env.program_id, env.key, reason)
+        if self.failure is None:
+            self.failure = error
+            log.error("%s", error)
+        waiting = [env, *self.envs.values()]
+        self._remove(env)
+        for other in waiting:
+            for event in other.waiters:
+                self.clock.fail(event, error)
+            other.waiters.clear()
 
     def _remove(self, env: Env) -> None:
         if env.state is EnvState.REMOVED:

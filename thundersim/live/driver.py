@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from thundersim.core.cluster import Cluster
 from thundersim.core.environment import EnvProvider
-from thundersim.core.envs import EnvLimitReached, EnvLimits, EnvManager
+from thundersim.core.envs import EnvLimits, EnvManager, EnvStopped
 from thundersim.core.lifecycle import (
     Delay,
     ProgramFeed,
@@ -56,6 +56,13 @@ class LoopClock:
     def fire(self, event: asyncio.Future, value) -> None:
         if not event.done():
             event.set_result(value)
+
+    def fail(self, event: asyncio.Future, error: BaseException) -> None:
+        if not event.done():
+            event.set_exception(error)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.loop.call_later(max(delay, 0.0), callback)
 
 
 class ToolRunner(Protocol):
@@ -117,6 +124,7 @@ class _LiveRun:
     recorder: Recorder
     feed: ProgramFeed
     envs: EnvManager | None
+    stopped: str | None = None  # why the tool manager stopped the run (summary `stopped`)
 
 
 def _build(
@@ -144,7 +152,9 @@ def _build(
 
 async def _run_to_end(run: _LiveRun, driver: LiveDriver, horizon_s: float | None) -> bool:
     """Run the feed to its end or the horizon, sampling as it goes; True if it was cut short
-    (Ctrl-C, a tool-manager limit). The environments are removed however it ends."""
+    (Ctrl-C, or the tool manager could not go on: a limit, an environment that could not be
+    prepared; its reason goes to `run.stopped`). The environments are removed however it
+    ends."""
     cluster, recorder = run.cluster, run.recorder
 
     def sample() -> None:
@@ -160,7 +170,10 @@ async def _run_to_end(run: _LiveRun, driver: LiveDriver, horizon_s: float | None
             await asyncio.wait_for(driver.run(run.feed), horizon_s - cluster.now)
     except TimeoutError:
         pass  # the horizon: the run ends here by design
-    except (asyncio.CancelledError, KeyboardInterrupt, EnvLimitReached):
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return True
+    except EnvStopped as exc:
+        run.stopped = str(exc)
         return True
     finally:
         sampling.cancel()
@@ -235,7 +248,10 @@ async def run_live(
         "tick_interval_s": policy.tick_interval,
     }
     wall = time.perf_counter() - wall0
-    return result_of(meta, end, wall, interrupted, run.feed, run.recorder, backends, run.envs)
+    result = result_of(meta, end, wall, interrupted, run.feed, run.recorder, backends, run.envs)
+    if run.stopped:
+        result.summary["stopped"] = run.stopped
+    return result
 
 
 def live_records(result: RunResult, specs: Sequence[ProgramSpec]) -> list[dict]:

@@ -4,6 +4,8 @@ tool calls and ticks are timeouts (a simulated sandbox runs no tools)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import simpy
 
 from thundersim.core.lifecycle import Delay, ProgramFeed, Spawn, Tool, Until, Waits
@@ -26,6 +28,13 @@ class SimClock:
 
     def fire(self, event: simpy.Event, value) -> None:
         event.succeed(value)
+
+    def fail(self, event: simpy.Event, error: BaseException) -> None:
+        if not event.triggered:
+            event.fail(error)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.env.timeout(max(delay, 0.0)).callbacks.append(lambda _: callback())
 
 
 class Driver:

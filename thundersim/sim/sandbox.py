@@ -69,7 +69,10 @@ class SimSandbox:
     """EnvProvider on a SimPy Environment: nothing real is made; handles are the keys.
 
     `prepare` takes the uncontended duration (the trace's prep_s, its work at PREP_REF_K) and
-    shares the preparation service among everything in progress (see the module docstring)."""
+    shares the preparation service among everything in progress (see the module docstring).
+    A simulated preparation always ends ready: it never calls on_failed, and needs no timeout."""
+
+    prep_timeout_s = None  # the EnvProvider bound: none, every preparation here ends
 
     def __init__(self, env: simpy.Environment):
         self.sim = env  # the SimPy clock (not a tool environment)
@@ -87,7 +90,12 @@ class SimSandbox:
         return prep_seconds(PREP_REF_K) / prep_seconds(max(len(self._jobs), 1))
 
     def prepare(
-        self, key: str, spec: EnvSpec, duration_s: float, on_ready: Callable[[Any], None]
+        self,
+        key: str,
+        spec: EnvSpec,
+        duration_s: float,
+        on_ready: Callable[[Any], None],
+        on_failed: Callable[[str], None],
     ) -> None:
         self.existing.add(key)
         if duration_s <= 0:

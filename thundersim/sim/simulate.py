@@ -15,7 +15,7 @@ import simpy
 
 from thundersim.core.backend import EngineStats
 from thundersim.core.cluster import Cluster
-from thundersim.core.envs import MODES, EnvLimitReached, EnvLimits, EnvManager
+from thundersim.core.envs import MODES, EnvLimits, EnvManager, EnvStopped
 from thundersim.core.lifecycle import ProgramFeed, ProgramQueue, periodic
 from thundersim.core.policy import Policy, PolicyOptions, parse_params
 from thundersim.core.program import Program, Status
@@ -279,7 +279,7 @@ def simulate(
         _run_until_done(env, feed, backends, horizon, policy.name)
     except KeyboardInterrupt:
         interrupted = True
-    except EnvLimitReached as exc:
+    except EnvStopped as exc:
         interrupted = True
         stopped = str(exc)
     # The run ends with its last program, not at the end of the chunk the loop ran to.
