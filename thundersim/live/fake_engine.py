@@ -40,7 +40,8 @@ BLOCK_SIZE = 16  # provenance: spec — vLLM's default block size on GPUs
 
 
 class FakeEngine:
-    def __init__(self, token_s: float = 0.0, delay_s: float = 0.0):
+    def __init__(self, token_s: float = 0.0, delay_s: float = 0.0, kv_blocks: int = NUM_GPU_BLOCKS):
+        self.kv_blocks = kv_blocks
         self.token_s = token_s
         self.delay_s = delay_s
         self.mode = "ok"
@@ -89,7 +90,7 @@ class FakeEngine:
         return web.json_response({"calls": self.calls, "running": self.running})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        labels = f'block_size="{BLOCK_SIZE}",num_gpu_blocks="{NUM_GPU_BLOCKS}"'
+        labels = f'block_size="{BLOCK_SIZE}",num_gpu_blocks="{self.kv_blocks}"'
         text = (
             f"vllm:cache_config_info{{{labels}}} 1.0\n"
             f'vllm:kv_cache_usage_perc{{engine="0"}} 0.0\n'
@@ -208,8 +209,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--token-s", type=float, default=0.0, help="seconds per generated token")
     ap.add_argument("--delay-s", type=float, default=0.0, help="seconds before the first byte")
+    ap.add_argument("--kv-blocks", type=int, default=NUM_GPU_BLOCKS, help="KV pool it reports")
     args = ap.parse_args()
-    engine = FakeEngine(token_s=args.token_s, delay_s=args.delay_s)
+    engine = FakeEngine(token_s=args.token_s, delay_s=args.delay_s, kv_blocks=args.kv_blocks)
     web.run_app(
         engine.app(), host=args.host, port=args.port, access_log=None, print=None, backlog=4096
     )

@@ -191,6 +191,7 @@ class Proxy:
 
         def sample() -> None:
             recorder.sample(cluster.now, cluster.withheld)
+            self.journal.flush()  # a killed proxy loses at most one sample period of rows
 
         loops = [periodic(self.config.sample_dt, sample), periodic(HOLD_CHECK_S, self._bound_holds)]
         ticker = self.feed.ticker()
