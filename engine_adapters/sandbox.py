@@ -113,21 +113,12 @@ class LocalSandbox:
 
     def teardown(self, handle: Sandbox) -> None:
         sb = self.live.pop(handle.key, None)
-        if sb is None:
-            return
-        if sb.helper is not None and sb.helper.poll() is None:
-            sb.helper.terminate()
-            try:
-                sb.helper.wait(5)
-            except subprocess.TimeoutExpired:
-                sb.helper.kill()
-                sb.helper.wait(5)
-        if sb.made:  # never what was in its place before (a failed mkdir)
-            shutil.rmtree(sb.path, ignore_errors=True)
+        if sb is not None:
+            _remove(sb)
 
     def close(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
+            task.cancel()  # each one, cut short, removes what it had made (see _prepare)
         for sb in list(self.live.values()):
             self.teardown(sb)
 
@@ -156,12 +147,18 @@ class LocalSandbox:
         t0 = time.monotonic()
         sb = Sandbox(key, self.root / key, disk_bytes=round(spec.disk_bytes * self.disk_scale))
         self.live[key] = sb  # registered first: close() cleans up a half-made one
+        making = asyncio.ensure_future(asyncio.to_thread(_make, sb, spec.ports))
         try:
-            await asyncio.to_thread(sb.path.mkdir, parents=True)
-            sb.made = True
-            await asyncio.to_thread(_write_files, sb.path, sb.disk_bytes)
-            if spec.ports:
-                sb.helper, sb.ports = await asyncio.to_thread(_hold_ports, spec.ports)
+            await asyncio.shield(making)
+        except asyncio.CancelledError:
+            # cut short (close(), the run's end): the thread cannot be stopped, so it is waited
+            # for, and what it made is removed after it rather than left behind
+            while not making.done():
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.shield(making)
+            self.live.pop(key, None)
+            _remove(sb)
+            raise
         except Exception as exc:  # noqa: BLE001 - any failure is reported, with its reason
             self.teardown(sb)
             on_failed(f"local sandbox {sb.path}: {type(exc).__name__}: {exc}")
@@ -171,6 +168,30 @@ class LocalSandbox:
         if left > 0:
             await asyncio.sleep(left)
         on_ready(sb)
+
+
+def _make(sb: Sandbox, ports: int) -> None:
+    """Make the sandbox (in a thread): its directory, its files, its port helper; `sb` says
+    how far it got, for `_remove`."""
+    sb.path.mkdir(parents=True)
+    sb.made = True
+    _write_files(sb.path, sb.disk_bytes)
+    if ports:
+        sb.helper, sb.ports = _hold_ports(ports)
+
+
+def _remove(sb: Sandbox) -> None:
+    """Remove what was made of the sandbox: end its helper (freeing its ports), then its
+    directory, never what was in its place before (a failed mkdir)."""
+    if sb.helper is not None and sb.helper.poll() is None:
+        sb.helper.terminate()
+        try:
+            sb.helper.wait(5)
+        except subprocess.TimeoutExpired:
+            sb.helper.kill()
+            sb.helper.wait(5)
+    if sb.made:
+        shutil.rmtree(sb.path, ignore_errors=True)
 
 
 def _hold_ports(n: int) -> tuple[subprocess.Popen, list[int]]:
@@ -261,6 +282,7 @@ class DockerBox:
     name: str
     ports: list[int] = field(default_factory=list)
     disk_bytes: int = 0  # provenance: definition — nothing written yet
+    started: bool = False  # `docker run` made its container
 
 
 class DockerSandbox:
@@ -314,21 +336,8 @@ class DockerSandbox:
 
     def teardown(self, handle: DockerBox) -> None:
         box = self.live.pop(handle.key, None)
-        if box is None:
-            return
-        try:
-            r = subprocess.run(
-                [self.docker, "rm", "-f", box.name],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=DOCKER_CLI_TIMEOUT_S,
-            )
-            failed = r.returncode != 0 and box.ports  # (no ports: it may never have started)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            failed = exc
-        if failed:
-            log.warning("could not remove container %s (docker rm -f): %s", box.name, failed)
+        if box is not None:
+            self._rm(box)
 
     def close(self) -> None:
         for proc in list(self._procs):
@@ -350,6 +359,23 @@ class DockerSandbox:
         )
 
     # ---- internals ---------------------------------------------------------------------------
+    def _rm(self, box: DockerBox) -> None:
+        """`docker rm -f` its container, bounded; a failure is logged (one that never started
+        has no container to remove: that is no failure)."""
+        try:
+            r = subprocess.run(
+                [self.docker, "rm", "-f", box.name],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=DOCKER_CLI_TIMEOUT_S,
+            )
+            failed = f"exit {r.returncode}" if r.returncode != 0 and box.started else None
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failed = str(exc)
+        if failed:
+            log.warning("could not remove container %s (docker rm -f): %s", box.name, failed)
+
     async def _prepare(self, key, spec: EnvSpec, duration_s: float, on_ready, on_failed):
         t0 = time.monotonic()
         name = f"thundersim-{os.getpid()}-{key}"
@@ -361,6 +387,7 @@ class DockerSandbox:
         cmd += [self.image, "sleep", str(KEEP_ALIVE_S)]
         try:
             await self._cli(cmd, self.run_timeout_s, f"docker run of image {self.image!r}")
+            box.started = True
             if spec.ports:
                 out = await self._cli(
                     [self.docker, "port", name], DOCKER_CLI_TIMEOUT_S, f"docker port {name}"
@@ -379,6 +406,12 @@ class DockerSandbox:
                     self.run_timeout_s,
                     f"writing {box.disk_bytes} bytes in container {name}",
                 )
+        except asyncio.CancelledError:
+            # cut short (close(), the run's end): a `docker run` killed mid-way may still have
+            # made its container, after close() removed what it knew of
+            self.live.pop(key, None)
+            self._rm(box)
+            raise
         except (DockerFailed, OSError, ValueError) as exc:
             self.teardown(box)
             on_failed(str(exc))

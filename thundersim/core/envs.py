@@ -94,12 +94,17 @@ class EnvPrepFailed(EnvStopped):
     the program cannot run, and the run stops rather than wait for it."""
 
     def __init__(self, program_id: str, key: str, reason: str):
-        super().__init__(
-            f"program {program_id}: its environment {key} could not be prepared: {reason}"
-        )
+        # the args are the three parts, so that a copy (SimPy re-raises one) is the same error
+        super().__init__(program_id, key, reason)
         self.program_id = program_id
         self.key = key
         self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"program {self.program_id}: its environment {self.key} could not be prepared: "
+            f"{self.reason}"
+        )
 
 
 @dataclass(frozen=True)
