@@ -156,10 +156,12 @@ class _RecordingSandbox:
     """A real-tool-environment provider stand-in: environments are ready at once, and the tool
     calls it is asked to run are recorded, not run."""
 
+    prep_timeout_s = None  # ready at once: nothing to bound (the EnvProvider contract)
+
     def __init__(self):
         self.runs: list[tuple[str, str, float]] = []
 
-    def prepare(self, key, spec, duration_s, on_ready):
+    def prepare(self, key, spec, duration_s, on_ready, on_failed):
         on_ready(f"box-{key}")
 
     def teardown(self, handle):

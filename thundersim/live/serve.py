@@ -334,7 +334,7 @@ class Proxy:
         if request.content_length is not None and request.content_length > limit:
             # refused before a byte of it is read
             raise BadRequest(
-                f"request body of {request.content_length} bytes is over the limit of {limit}", 413
+                f"request body size {request.content_length} bytes is over the limit of {limit}", 413
             )
         try:
             async with asyncio.timeout(self.config.body_timeout_s):
