@@ -308,6 +308,10 @@ class VLLMBackend:
                 if resp.status < 500:
                     raise UpstreamRejected(resp.status, data)
                 answered, last = (resp.status, data), f"HTTP {resp.status}: {data[:200]!r}"
+            except aiohttp.ConnectionTimeoutError as exc:
+                # not connected in time (a full accept queue): the engine never saw the call,
+                # so it is retried like any connection error
+                answered, last = None, repr(exc)
             except TimeoutError:
                 # not retried: the engine may be busy with it; a second try would double that
                 raise _CallFailed(
