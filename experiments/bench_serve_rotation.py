@@ -1,0 +1,136 @@
+"""Stalls under concurrency (issue 14): `thundersim serve` against direct calls, in rotated rounds.
+
+One tiny CPU vLLM (`make vllm` first) and one proxy in front of it. Each round runs `--agents`
+agents of `--calls` calls (a growing context, a short tool wait between calls) either straight
+to the engine or through the proxy; the order of the two paths alternates round by round, so
+both see the same machine. Per round: calls per second, the median call latency, and the
+longest stretch in which no call completed. Prints one row per round and the ratios
+serve / direct (throughput) and serve - direct (median latency) per pair of rounds.
+
+    python experiments/bench_serve_rotation.py [--rounds 9] [--agents 50] [--calls 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve_load import free_port, wait_up  # noqa: E402
+
+
+async def agent(s, url, model, i, calls, rng, via_proxy, done_at, lat) -> None:
+    context = [rng.randrange(3, 2000) for _ in range(64)]
+    for _ in range(calls):
+        body = {"model": model, "prompt": context, "max_tokens": 8, "ignore_eos": True}
+        if via_proxy:
+            body["program_id"] = f"a{i}-{id(done_at)}"
+        t0 = time.perf_counter()
+        async with s.post(url + "/v1/completions", json=body) as r:
+            await r.read()
+            assert r.status == 200, await r.text()
+        t1 = time.perf_counter()
+        lat.append(t1 - t0)
+        done_at.append(t1)
+        context = context + [rng.randrange(3, 2000) for _ in range(16)]
+        await asyncio.sleep(rng.expovariate(1 / 0.05))
+    if via_proxy:
+        rel = {"program_id": f"a{i}-{id(done_at)}"}
+        async with s.post(url + "/programs/release", json=rel) as r:
+            await r.read()
+
+
+async def one_round(url, model, agents, calls, seed, via_proxy) -> dict:
+    done_at: list[float] = []
+    lat: list[float] = []
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        t0 = time.perf_counter()
+        await asyncio.gather(
+            *(
+                agent(s, url, model, i, calls, random.Random(seed * 1000 + i), via_proxy,
+                      done_at, lat)
+                for i in range(agents)
+            )
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+    times = [t0, *sorted(done_at)]
+    gap = max(b - a for a, b in zip(times, times[1:], strict=False))
+    return {
+        "path": "serve" if via_proxy else "direct",
+        "calls_per_s": len(lat) / wall,
+        "p50_ms": 1000 * statistics.median(lat),
+        "longest_gap_s": gap,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--agents", type=int, default=50)
+    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--policy", default="stp")
+    args = ap.parse_args()
+    from thundersim.engine_adapters.local import LocalEngines
+
+    engines = LocalEngines(port=free_port(), workdir=Path(tempfile.mkdtemp()) / "engines")
+    proxy = None
+    try:
+        engine_url = engines.start()[0].url
+        port = free_port()
+        exe = Path(sys.executable).parent / "thundersim"
+        proxy = subprocess.Popen(
+            [str(exe), "serve", "--backends", engine_url, "--port", str(port), "--policy",
+             args.policy],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        proxy_url = f"http://127.0.0.1:{port}"
+        wait_up(proxy_url)
+
+        async def run_all():
+            async with aiohttp.ClientSession() as s, s.get(engine_url + "/v1/models") as r:
+                model = (await r.json())["data"][0]["id"]
+            rows = []
+            for k in range(args.rounds):
+                order = (False, True) if k % 2 == 0 else (True, False)
+                pair = {}
+                for via in order:
+                    row = await one_round(
+                        proxy_url if via else engine_url, model, args.agents, args.calls, k, via
+                    )
+                    pair[row["path"]] = row
+                ratio = pair["serve"]["calls_per_s"] / pair["direct"]["calls_per_s"]
+                added = pair["serve"]["p50_ms"] - pair["direct"]["p50_ms"]
+                rows.append({"round": k, "ratio": ratio, "added_p50_ms": added, **{
+                    f"{p}_{m}": v for p, r in pair.items() for m, v in r.items() if m != "path"
+                }})  # fmt: skip
+                print(json.dumps({key: round(v, 3) for key, v in rows[-1].items()}), flush=True)
+            return rows
+
+        rows = asyncio.run(run_all())
+        ratios = [r["ratio"] for r in rows]
+        added = [r["added_p50_ms"] for r in rows]
+        print(json.dumps({
+            "rounds": len(rows), "ratio_min": round(min(ratios), 3),
+            "ratio_median": round(statistics.median(ratios), 3),
+            "added_p50_ms_median": round(statistics.median(added), 2),
+        }))  # fmt: skip
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(60)
+        engines.stop()
+
+
+if __name__ == "__main__":
+    main()
