@@ -4,7 +4,8 @@ One tiny CPU vLLM (`make vllm` first) and one proxy in front of it. Each round r
 agents of `--calls` calls (a growing context, a short tool wait between calls) either straight
 to the engine or through the proxy; the order of the two paths alternates round by round, so
 both see the same machine. Per round: calls per second, the median call latency, and the
-longest stretch in which no call completed. Prints one row per round and the ratios
+longest stretch in which no call completed, and the CPU the proxy used and the time it (and
+this client) spent runnable but waiting for a CPU. Prints one row per round and the ratios
 serve / direct (throughput) and serve - direct (median latency) per pair of rounds.
 
     python experiments/bench_serve_rotation.py [--rounds 9] [--agents 50] [--calls 5]
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -74,6 +77,17 @@ async def one_round(url, model, agents, calls, seed, via_proxy) -> dict:
     }
 
 
+def cpu_waits(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process, all its threads
+    (/proc/PID/task/*/schedstat): a starved process waits, a blocked one does neither."""
+    run = wait = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().split()
+            run, wait = run + int(fields[0]), wait + int(fields[1])
+    return run / 1e9, wait / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=9)
@@ -105,9 +119,17 @@ def main() -> None:
                 order = (False, True) if k % 2 == 0 else (True, False)
                 pair = {}
                 for via in order:
+                    before = cpu_waits(proxy.pid), cpu_waits(os.getpid())
+                    # each path its own prompts: the same ones would hit the prefix cache the
+                    # other path just filled, and favour whichever runs second
                     row = await one_round(
-                        proxy_url if via else engine_url, model, args.agents, args.calls, k, via
-                    )
+                        proxy_url if via else engine_url, model, args.agents, args.calls,
+                        2 * k + via, via,
+                    )  # fmt: skip
+                    after = cpu_waits(proxy.pid), cpu_waits(os.getpid())
+                    row["proxy_cpu_s"] = after[0][0] - before[0][0]
+                    row["proxy_cpu_wait_s"] = after[0][1] - before[0][1]
+                    row["client_cpu_wait_s"] = after[1][1] - before[1][1]
                     pair[row["path"]] = row
                 ratio = pair["serve"]["calls_per_s"] / pair["direct"]["calls_per_s"]
                 added = pair["serve"]["p50_ms"] - pair["direct"]["p50_ms"]
