@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve_load import free_port, wait_up  # noqa: E402
 
 
-async def agent(s, url, model, i, calls, rng, via_proxy, done_at, lat) -> None:
+async def agent(s, url, model, i, calls, rng, via_proxy, done_at, lat, seed) -> None:
     context = [rng.randrange(3, 2000) for _ in range(64)]
     for _ in range(calls):
         body = {"model": model, "prompt": context, "max_tokens": 8, "ignore_eos": True}
         if via_proxy:
-            body["program_id"] = f"a{i}-{id(done_at)}"
+            body["program_id"] = f"r{seed}-a{i}"
         t0 = time.perf_counter()
         async with s.post(url + "/v1/completions", json=body) as r:
             await r.read()
@@ -48,7 +48,7 @@ async def agent(s, url, model, i, calls, rng, via_proxy, done_at, lat) -> None:
         context = context + [rng.randrange(3, 2000) for _ in range(16)]
         await asyncio.sleep(rng.expovariate(1 / 0.05))
     if via_proxy:
-        rel = {"program_id": f"a{i}-{id(done_at)}"}
+        rel = {"program_id": f"r{seed}-a{i}"}
         async with s.post(url + "/programs/release", json=rel) as r:
             await r.read()
 
@@ -62,7 +62,7 @@ async def one_round(url, model, agents, calls, seed, via_proxy) -> dict:
         await asyncio.gather(
             *(
                 agent(s, url, model, i, calls, random.Random(seed * 1000 + i), via_proxy,
-                      done_at, lat)
+                      done_at, lat, seed)
                 for i in range(agents)
             )
         )  # fmt: skip
