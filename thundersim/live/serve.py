@@ -334,7 +334,8 @@ class Proxy:
         if request.content_length is not None and request.content_length > limit:
             # refused before a byte of it is read
             raise BadRequest(
-                f"request body size {request.content_length} bytes is over the limit of {limit}", 413
+                f"request body size {request.content_length} bytes is over the limit of {limit}",
+                413,
             )
         try:
             async with asyncio.timeout(self.config.body_timeout_s):
@@ -433,9 +434,11 @@ class Proxy:
         self.metrics_registry.hold.observe(p.call_sent_time - p.call_ready_time)
         if usage.status != 200:
             return _passthrough_error(usage)
-        return web.Response(
-            body=usage.response, content_type="application/json", headers=_headers(p)
-        )
+        headers = _headers(p)
+        # the time the engine took (sent upstream to last byte back): what a client sees
+        # beyond it, less the hold, is the proxy's own cost
+        headers["x-thundersim-engine-s"] = f"{usage.finish_time - usage.submit_time:.6f}"
+        return web.Response(body=usage.response, content_type="application/json", headers=headers)
 
     async def _stream(
         self, request: web.Request, p: Program, done: asyncio.Future, sink: asyncio.Queue
