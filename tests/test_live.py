@@ -168,7 +168,8 @@ def test_cli_run_live_writes_the_same_tables_plus_the_step_log(engine, tmp_path)
 
 def test_engine_up_serves_until_sigterm_then_stops_its_servers(tmp_path):
     """`thundersim engine up` prints one line per replica once healthy and stops the servers
-    (by their process group) on SIGTERM."""
+    (by their process group) on SIGTERM; with `--cpus` every process of a server (API server,
+    EngineCore, worker) runs on those CPUs only."""
     import os
     import signal
     import subprocess
@@ -179,8 +180,9 @@ def test_engine_up_serves_until_sigterm_then_stops_its_servers(tmp_path):
     import httpx
 
     exe = Path(sys.executable).parent / "thundersim"
+    last_cpu = max(os.sched_getaffinity(0))
     proc = subprocess.Popen(
-        [str(exe), "engine", "up", "--port", "8241", "--kv-blocks", "16"],
+        [str(exe), "engine", "up", "--port", "8241", "--kv-blocks", "16", "--cpus", str(last_cpu)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -191,6 +193,14 @@ def test_engine_up_serves_until_sigterm_then_stops_its_servers(tmp_path):
         assert line.startswith("replica http://127.0.0.1:8241 pid "), line
         pid = int(line.split(" pid ")[1].split()[0])
         assert httpx.get("http://127.0.0.1:8241/health", timeout=5).status_code == 200
+        group = [
+            int(d.name)
+            for d in Path("/proc").iterdir()
+            if d.name.isdigit() and _pgid(int(d.name)) == pid
+        ]
+        assert len(group) >= 3, group  # API server, EngineCore, worker (and helpers)
+        for member in group:
+            assert os.sched_getaffinity(member) == {last_cpu}, member
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
         time.sleep(0.5)
@@ -199,6 +209,15 @@ def test_engine_up_serves_until_sigterm_then_stops_its_servers(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _pgid(pid: int) -> int | None:
+    import os
+
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def test_under_real_memory_pressure_stp_keeps_a_higher_prefix_hit_rate_than_vllm(engine):

@@ -173,6 +173,24 @@ def test_a_long_stream_is_not_a_backend_failure(engine):
     assert r.text.count('"text"') == 12 and alive
 
 
+def test_an_answer_says_how_long_the_engine_took(engine):
+    """`x-thundersim-engine-s`: sent upstream to last byte back. The client's wait beyond it
+    (less the hold) is the proxy's own cost, which the rotation benchmark reports."""
+    engine.fault(mode="ok", delay_s=0.4)
+
+    async def main():
+        async with serving([engine.url]) as (client, _):
+            t0 = time.monotonic()
+            r = await client.post(COMPLETIONS, json=call("a"))
+            return r, time.monotonic() - t0
+
+    r, waited = asyncio.run(main())
+    assert r.status_code == 200
+    engine_s = float(r.headers["x-thundersim-engine-s"])
+    hold_s = float(r.headers["x-thundersim-hold-s"])
+    assert 0.4 <= engine_s <= waited - hold_s
+
+
 def test_a_call_the_engine_never_answers_gets_504_in_bounded_time(engine):
     engine.fault(mode="hang", count=1)
 
