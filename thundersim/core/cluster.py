@@ -16,9 +16,14 @@ from typing import Any, Protocol
 
 from thundersim.core.backend import Backend, Request, Revivable, Usage
 from thundersim.core.policy import (
+    PAUSED_SLOT,
+    READY_SLOT,
     BackendView,
+    ChangeFeed,
     ClusterView,
     Decision,
+    IndexedClusterView,
+    LazyBackendView,
     Pause,
     Pin,
     Policy,
@@ -38,6 +43,10 @@ def chain_key(program_id: str, epoch: int) -> str:
 
 def chain_program(chain: str) -> str:
     return chain.partition("\x00")[0]
+
+
+def _by_arrival(p: Program) -> int:
+    return p.arrival_seq
 
 
 class Clock(Protocol):
@@ -72,6 +81,14 @@ class ClusterObserver(Protocol):
 
 
 class Cluster:
+    """Every change of a program's state goes through `_touch`, which keeps the indexes the
+    policies' view reads (ACTIVE programs per backend, PAUSED ones, ready WAITING ones) and
+    tells every change feed; nothing else in thundersim writes a program's state."""
+
+    # The view policies get. ClusterView (recomputing everything per call) is the reference the
+    # indexed one is tested against (tests/test_incremental_views.py swaps it in).
+    view_class: type[ClusterView] = IndexedClusterView
+
     def __init__(
         self,
         clock: Clock,
@@ -88,7 +105,20 @@ class Cluster:
         self.programs: dict[str, Program] = {}  # every program that has arrived
         self.unfinished: dict[str, Program] = {}  # arrived and not finished, in arrival order
         self.unfinished_views: dict[str, Any] = {}  # their views, for ClusterView.programs
-        self.view = ClusterView(self)
+        # Indexes: slot -> {program id: Program}; a slot is a backend index (its ACTIVE
+        # programs), PAUSED_SLOT or READY_SLOT (WAITING with its first call ready).
+        self._index: dict[int, dict[str, Program]] = {
+            i: {} for i in (PAUSED_SLOT, READY_SLOT, *range(len(self.backends)))
+        }
+        self._slot: dict[str, int] = {}  # program id -> its index slot (absent: none)
+        self._feeds: list[ChangeFeed] = []
+        self._arrivals = 0
+        self._served_on: dict[str, set[int]] = {}  # program -> backends its calls went to
+        # Backend views: built once; stats read at most once per policy callback (`_epoch`).
+        self._epoch = 0
+        self._stats_memo: dict[int, tuple[int, Any]] = {}
+        self._lazy_views = [LazyBackendView(b, self._stats_of) for b in self.backends]
+        self.view = self.view_class(self)
         self.withheld = 0  # programs with a ready call that the policy withholds
         self.finished_count = 0  # programs that finished (forgotten ones included)
         self.decisions_applied = 0
@@ -100,6 +130,62 @@ class Cluster:
     @property
     def now(self) -> float:
         return self.clock.now
+
+    # ---- indexes -------------------------------------------------------------------------
+    def _touch(self, p: Program) -> None:
+        """`p`'s state changed: move it to the index slot its state says and tell the feeds."""
+        s = p.status
+        if s is Status.ACTIVE:
+            slot = p.backend
+        elif s is Status.PAUSED:
+            slot = PAUSED_SLOT
+        elif s is Status.WAITING and p.pending:
+            slot = READY_SLOT
+        else:
+            slot = None
+        old = self._slot.get(p.id)
+        if old != slot:
+            if old is not None:
+                del self._index[old][p.id]
+                del self._slot[p.id]
+            if slot is not None:
+                self._index[slot][p.id] = p
+                self._slot[p.id] = slot
+        for feed in self._feeds:
+            feed.add(p.view)
+
+    def _programs_in(self, *slots: int) -> list[Program]:
+        """The programs in the given index slots, in arrival order."""
+        if len(slots) == 1:
+            progs = list(self._index[slots[0]].values())
+        else:
+            progs = [p for slot in slots for p in self._index[slot].values()]
+        progs.sort(key=_by_arrival)
+        return progs
+
+    def indexed(self, *slots: int) -> list[Any]:
+        """Views of the programs in the given index slots, in arrival order (what
+        IndexedClusterView answers with)."""
+        return [p.view for p in self._programs_in(*slots)]
+
+    def subscribe(self) -> ChangeFeed:
+        feed = ChangeFeed(self.unfinished_views.values())
+        self._feeds.append(feed)
+        return feed
+
+    def _ask(self, callback, *args) -> None:
+        """Ask the policy (a new epoch: backend stats are read afresh) and apply its answer."""
+        self._epoch += 1
+        self._apply(callback(self.view, *args))
+
+    def _stats_of(self, index: int):
+        memo = self._stats_memo.get(index)
+        if memo is None or memo[0] != self._epoch:
+            memo = self._stats_memo[index] = (self._epoch, self.backends[index].stats())
+        return memo[1]
+
+    def lazy_backend_views(self) -> list[LazyBackendView]:
+        return self._lazy_views
 
     def backend_views(self) -> list[BackendView]:
         views = []
@@ -123,12 +209,15 @@ class Cluster:
         if program.id in self.programs:
             raise ValueError(f"program {program.id} arrived twice")
         program.arrival_time = self.now
+        program.arrival_seq = self._arrivals
+        self._arrivals += 1
         self.programs[program.id] = program
         self.unfinished[program.id] = program
         self.unfinished_views[program.id] = program.view
+        self._touch(program)
         if self.observer is not None:
             self.observer.on_arrival(program)
-        self._apply(self.policy.on_arrival(self.view, program.view))
+        self._ask(self.policy.on_arrival, program.view)
 
     def request(self, program: Program) -> Any:
         """The program's next LLM call is ready. Returns an event the Driver waits on; it
@@ -146,7 +235,8 @@ class Cluster:
         program.call_ready_time = self.now
         if program.status is not Status.ACTIVE:
             self.withheld += 1
-        self._apply(self.policy.on_request(self.view, program.view))
+        self._touch(program)
+        self._ask(self.policy.on_request, program.view)
         self._dispatch(program)
         return event
 
@@ -163,15 +253,17 @@ class Cluster:
         program.finish_time = self.now
         program.backend = None
         # A TTL pin taken after its last call is dropped now (a live agent's release is the
-        # first the scheduler hears that no call follows).
-        for b in self.backends:
-            b.unpin(program.id)
+        # first the scheduler hears that no call follows). Pins are only ever taken on a
+        # backend the program's calls went to, so only those are told (not the whole fleet).
+        for i in sorted(self._served_on.pop(program.id, ())):
+            self.backends[i].unpin(program.id)
         del self.unfinished[program.id]
         del self.unfinished_views[program.id]
+        self._touch(program)
         self.finished_count += 1
         if self.observer is not None:
             self.observer.on_program_done(program)
-        self._apply(self.policy.on_finish(self.view, program.view))
+        self._ask(self.policy.on_finish, program.view)
 
     def forget(self, program: Program) -> None:
         """Drop a finished program from `programs`: a front end that serves without end keeps
@@ -190,14 +282,17 @@ class Cluster:
         if p.status is Status.ACTIVE:
             p.status = Status.PAUSED
         self.withheld += 1
-        self._apply(self.policy.on_request(self.view, p.view))
+        self._touch(p)
+        self._ask(self.policy.on_request, p.view)
 
     def reoffer(self) -> None:
         """A backend came back: every withheld call is offered to the policy again, as when it
         became ready (a policy that waited for a live replica places it now)."""
-        for p in list(self.unfinished.values()):
+        # Every withheld call belongs to a PAUSED or a ready WAITING program: those two slots,
+        # in arrival order (the order of `unfinished`), not the whole fleet.
+        for p in self._programs_in(PAUSED_SLOT, READY_SLOT):
             if p.pending and p.status is not Status.ACTIVE and not p.status.is_finished:
-                self._apply(self.policy.on_request(self.view, p.view))
+                self._ask(self.policy.on_request, p.view)
 
     def withdraw(self, program: Program, usage: Usage) -> None:
         """End a withheld call without running it (its client left, or it was held past the
@@ -208,10 +303,11 @@ class Cluster:
         if program.status is not Status.ACTIVE:
             self.withheld -= 1
         program.call_sent_time = self.now
+        self._touch(program)
         self._call_done(program, usage, program.last_backend)
 
     def tick(self) -> None:
-        self._apply(self.policy.on_tick(self.view))
+        self._ask(self.policy.on_tick)
 
     # ---- calls ---------------------------------------------------------------------------
     def _dispatch(self, program: Program) -> None:
@@ -232,6 +328,8 @@ class Cluster:
         known = program.context_tokens - 1 if same_chain else 0
         program.context_tokens = call.prompt_tokens
         backend = program.backend
+        self._served_on.setdefault(program.id, set()).add(backend)
+        self._touch(program)
         request = Request(
             program_id=program.id,
             step=i,
@@ -262,9 +360,10 @@ class Cluster:
             program.first_response_time = self.now
         if program.status is Status.PAUSED:
             program.backend = None  # paused while its call ran: unbind now
+        self._touch(program)
         if self.observer is not None:
             self.observer.on_call_done(program, usage, backend)
-        self._apply(self.policy.on_response(self.view, program.view))
+        self._ask(self.policy.on_response, program.view)
         self.clock.fire(self._waiters.pop(program.id), usage)
 
     # ---- decisions -----------------------------------------------------------------------
@@ -295,6 +394,7 @@ class Cluster:
                 self.withheld -= 1
             p.status = Status.ACTIVE
             p.backend = d.backend
+            self._touch(p)
             self._dispatch(p)
         elif isinstance(d, Pause):
             if p.status is not Status.ACTIVE:
@@ -302,6 +402,7 @@ class Cluster:
             p.status = Status.PAUSED
             if not p.in_flight:
                 p.backend = None
+            self._touch(p)
         elif isinstance(d, Route):
             if p.status is not Status.ACTIVE:
                 raise PolicyError(f"{d}: program is {p.status.name}, not ACTIVE")
@@ -309,6 +410,7 @@ class Cluster:
                 raise PolicyError(f"{d}: program has a call running")
             self._check_backend(d, d.backend)
             p.backend = d.backend
+            self._touch(p)
         elif isinstance(d, Pin):
             if p.in_flight or p.last_backend is None:
                 raise PolicyError(f"{d}: program has no cached KV to pin (call running or none)")

@@ -72,9 +72,49 @@ class BackendView:
     alive: bool = True
 
 
+class LazyBackendView:
+    """A BackendView whose engine gauges (used_tokens, running, waiting) are read from the
+    backend's `stats()` only when a policy asks for one, once per policy callback (the Cluster
+    bumps `epoch` before each): a policy that reads only capacities and liveness (the
+    program-aware ones) never pays for the engine's stats. Within one callback it reads as a
+    snapshot would (nothing changes in a backend while a synchronous callback runs); kept past
+    its callback, it shows the backend as it is when read."""
+
+    __slots__ = ("_b", "_memo", "index", "name")
+
+    def __init__(self, backend, memo):
+        self._b = backend
+        self._memo = memo  # the Cluster's: backend index -> stats of this callback
+        self.index = backend.index
+        self.name = backend.name
+
+    @property
+    def alive(self) -> bool:
+        return self._b.alive
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self._b.capacity_tokens
+
+    def _stats(self):
+        return self._memo(self.index)
+
+    used_tokens = property(lambda s: s._stats().used_tokens)
+    running = property(lambda s: s._stats().running)
+    waiting = property(lambda s: s._stats().waiting)
+
+    def __repr__(self) -> str:
+        return f"LazyBackendView({self.index}, {self.name}, alive={self.alive})"
+
+
 class ClusterView:
     """Read-only view handed to policies. `programs` maps id -> ProgramView for every program
-    that has arrived and not finished; `backends()` snapshots the engines."""
+    that has arrived and not finished; `backends()` snapshots the engines.
+
+    This base class computes everything from `programs` on each call (O(programs)): it is the
+    reference the Cluster's `IndexedClusterView` is tested against (tests/test_incremental_views
+    .py), and what a hand-built cluster state in a test gets. `subscribe()` returns None here: a
+    policy then recomputes what it needs from scratch."""
 
     __slots__ = ("_cluster",)
 
@@ -96,6 +136,91 @@ class ClusterView:
     def n_backends(self) -> int:
         return len(self._cluster.backends)
 
+    def active_on(self, backend: int) -> list[ProgramView]:
+        """The ACTIVE programs on `backend`, in the order of `programs` (arrival)."""
+        return [
+            p for p in self.programs.values() if p.status is Status.ACTIVE and p.backend == backend
+        ]
+
+    def paused(self) -> list[ProgramView]:
+        """The PAUSED programs, in arrival order."""
+        return [p for p in self.programs.values() if p.status is Status.PAUSED]
+
+    def ready_waiting(self) -> list[ProgramView]:
+        """The WAITING programs (never admitted) whose first call is ready, in arrival order."""
+        return [p for p in self.programs.values() if p.status is Status.WAITING and p.pending]
+
+    def restorable(self) -> list[ProgramView]:
+        """What a Restore may take: PAUSED programs and ready WAITING ones, in arrival order."""
+        return [
+            p
+            for p in self.programs.values()
+            if p.status is Status.PAUSED or (p.status is Status.WAITING and p.pending)
+        ]
+
+    def subscribe(self) -> ChangeFeed | None:
+        """A feed of the programs whose state changes from now on (None: this view cannot tell,
+        recompute from `programs`)."""
+        return None
+
+    @property
+    def source(self):
+        """What the view looks at (one Cluster): a policy that keeps state built from a feed
+        rebuilds it when handed a view of another cluster."""
+        return self._cluster
+
+
+class ChangeFeed:
+    """The programs whose state (status, backend, phase, pending, in_flight, step, context,
+    acting_since) changed since the last `drain`, each once, finished ones included (status
+    DONE). A new feed starts with every unfinished program, so that a policy builds its state
+    with the same code that keeps it up to date."""
+
+    __slots__ = ("_changed",)
+
+    def __init__(self, programs=()):
+        self._changed: dict[str, ProgramView] = {p.id: p for p in programs}
+
+    def add(self, view: ProgramView) -> None:
+        self._changed[view.id] = view
+
+    def drain(self) -> list[ProgramView]:
+        out = list(self._changed.values())
+        self._changed.clear()
+        return out
+
+
+class IndexedClusterView(ClusterView):
+    """The Cluster's view: the same answers as ClusterView, from indexes the Cluster keeps at
+    every change of a program's state (per backend its ACTIVE programs, the PAUSED ones, the
+    ready WAITING ones), so a callback costs what it reads, not the size of the fleet; backend
+    views are built once and read the engine's stats only when a policy asks for them."""
+
+    __slots__ = ()
+
+    def backends(self) -> Sequence[BackendView]:
+        return self._cluster.lazy_backend_views()
+
+    def active_on(self, backend: int) -> list[ProgramView]:
+        return self._cluster.indexed(backend)
+
+    def paused(self) -> list[ProgramView]:
+        return self._cluster.indexed(PAUSED_SLOT)
+
+    def ready_waiting(self) -> list[ProgramView]:
+        return self._cluster.indexed(READY_SLOT)
+
+    def restorable(self) -> list[ProgramView]:
+        return self._cluster.indexed(PAUSED_SLOT, READY_SLOT)
+
+    def subscribe(self) -> ChangeFeed | None:
+        return self._cluster.subscribe()
+
+
+# The Cluster's index slots besides the per-backend ACTIVE ones (which are backend indices >= 0).
+PAUSED_SLOT = -1
+READY_SLOT = -2
+
 
 def active_loads(view: ClusterView, cost) -> list[float]:
     """Per backend, the sum of cost(program) over its ACTIVE programs (what a program-aware
@@ -105,6 +230,40 @@ def active_loads(view: ClusterView, cost) -> list[float]:
         if p.status is Status.ACTIVE and p.backend is not None:
             loads[p.backend] += cost(p)
     return loads
+
+
+class ActiveLoads:
+    """`active_loads(view, cost)` kept up to date from the Cluster's change feed: each call
+    costs the programs that changed since the last one, not all of them. `cost` must depend
+    only on the program's state (not on the clock), and be a whole number of tokens, so the
+    sums are exact in any order and equal to active_loads' left-to-right float sums (exact
+    below 2**53). On a view without a feed it is active_loads itself."""
+
+    def __init__(self, cost):
+        self.cost = cost
+        self._source = None
+        self._feed: ChangeFeed | None = None
+        self._sums: list[int] = []
+        self._term: dict[str, tuple[int, int]] = {}  # program -> (backend, its cost)
+
+    def __call__(self, view: ClusterView) -> list[float]:
+        if self._source is not view.source:
+            self._source = view.source
+            self._feed = view.subscribe()
+            self._sums = [0] * view.n_backends
+            self._term.clear()
+        if self._feed is None:
+            return active_loads(view, self.cost)
+        sums, term = self._sums, self._term
+        for p in self._feed.drain():
+            old = term.pop(p.id, None)
+            if old is not None:
+                sums[old[0]] -= old[1]
+            if p.status is Status.ACTIVE and p.backend is not None:
+                c = self.cost(p)
+                term[p.id] = (p.backend, c)
+                sums[p.backend] += c
+        return [float(x) for x in sums]
 
 
 def most_room(backends: Sequence[BackendView], loads: list[float], lam: float = 1.0):

@@ -53,6 +53,7 @@ class Program:
 
     __slots__ = (
         "acting_since",
+        "arrival_seq",
         "arrival_time",
         "backend",
         "call_ready_time",
@@ -88,6 +89,9 @@ class Program:
             self.prefix_tokens = spec.prefix_tokens
             self.peak_context = spec.peak_context
         self.index = index  # position in the trace (or arrival order): a stable tie-breaker
+        # Order of arrival in its Cluster (set by Cluster.arrive): the order `ClusterView.programs`
+        # lists programs in, so an index that is not kept in that order can be sorted back to it.
+        self.arrival_seq = index
         self.context_tokens = self.prefix_tokens  # c: tokens of KV the program would hold
         self.backend: int | None = None  # L
         self.phase = Phase.REASONING
@@ -181,6 +185,7 @@ class ProgramView:
 
     id = property(lambda s: s._p.id)
     index = property(lambda s: s._p.index)
+    arrival_seq = property(lambda s: s._p.arrival_seq)  # position in `ClusterView.programs`
     workload = property(lambda s: s._p.workload)
     prefix_id = property(lambda s: s._p.prefix_id)
     prefix_tokens = property(lambda s: s._p.prefix_tokens)
