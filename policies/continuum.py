@@ -37,14 +37,16 @@ express, so this port stands in for it with FIFO admission of programs whose con
 
 from __future__ import annotations
 
+from collections import deque
+
 from thundersim.core.policy import (
+    ActiveLoads,
     ClusterView,
     Decision,
     Pin,
     Policy,
     PolicyOptions,
     Restore,
-    active_loads,
     most_room,
 )
 from thundersim.core.program import ProgramView, Status
@@ -75,7 +77,8 @@ class Continuum(Policy):
         self._seen: dict[str, list[float]] = {}  # tool name -> (sum, count) of its seconds
         self.predicted: dict[str, float] = {}  # tool name -> mean of every duration seen
         self._tool_start: dict[str, tuple[str, float]] = {}  # program -> (tool, start)
-        self._fifo: list[str] = []
+        self._fifo: deque[str] = deque()
+        self.loads = ActiveLoads(self.cost)
 
     def cost(self, p: ProgramView) -> float:
         return p.context_tokens + self.options.reserve_tokens
@@ -90,12 +93,12 @@ class Continuum(Policy):
         return self._admit(view)
 
     def _admit(self, view: ClusterView) -> list[Decision]:
-        loads = active_loads(view, self.cost)
+        loads = self.loads(view)
         decisions: list[Decision] = []
         while self._fifo:
             p = view.programs.get(self._fifo[0])
             if p is None or p.status is not Status.WAITING:
-                self._fifo.pop(0)
+                self._fifo.popleft()
                 continue
             target = most_room(view.backends(), loads)
             if target is None:
@@ -105,7 +108,7 @@ class Continuum(Policy):
                 break
             decisions.append(Restore(p.id, b))
             loads[b] += self.cost(p)
-            self._fifo.pop(0)
+            self._fifo.popleft()
         return decisions
 
     # ---- time-to-live --------------------------------------------------------------------
