@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import simpy
+from simpy.events import NORMAL, URGENT
 
 from thundersim.core.backend import EngineStats, KVSnapshot, Request, Usage
 from thundersim.core.cluster import chain_program
@@ -65,6 +66,19 @@ VLLM_API_BUDGET_MID = (8192, 1024)
 VLLM_API_BUDGET_SMALL = (2048, 256)
 # A SimBackend built without a GPU in mind gets the tier of the paper's H100s.
 DEFAULT_MAX_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS = VLLM_API_BUDGET_MID
+
+
+class _Hop(simpy.Event):
+    """An event that is born triggered and calls one callback when SimPy pops it (what a
+    Timeout does, without its bookkeeping), tagged with the loop generation it belongs to."""
+
+    def __init__(self, env: simpy.Environment, callback: Callable, generation: int):
+        # Event.__init__ and succeed() inlined, as SimPy's own Initialize does.
+        self.env = env
+        self.callbacks = [callback]
+        self._ok = True
+        self._value = None
+        self.generation = generation
 
 
 def vllm_default_budget(gpu: GPU) -> tuple[int, int]:
@@ -129,10 +143,20 @@ class SimBackend:
             check,
         )
         self._last_request_id = 0
-        self._wake: simpy.Event | None = None
+        # The loop's state (see "the engine loop"): the generation of its current wait (a timer
+        # or wake of an older one is void when it pops), whether a wake would end that wait and
+        # whether one has, the decode run or iteration it waits for.
+        self._generation = 0
+        self._listening = False
+        self._woken = False
+        self._condition = False
+        self._decoding: tuple[int, int, int, float, float] | None = None
+        self._iteration: tuple[SchedulerOutput, float] | None = None
+        self._tail: tuple[int, float] | None = None
         self._pin_generation: dict[str, int] = {}  # chain -> its latest pin (older ones void)
         self._chain_of: dict[str, str] = {}  # program -> its current KV chain
-        self.process = env.process(self._loop())
+        # The loop starts as a process would: at an URGENT event scheduled now.
+        self._schedule(self._on_start, 0.0, URGENT)
 
     # ---- Backend protocol ----------------------------------------------------------------
     @property
@@ -230,70 +254,139 @@ class SimBackend:
         self.kv.check_invariants(self.scheduler.running.values())
 
     # ---- the engine loop -----------------------------------------------------------------
+    # The loop is a chain of SimPy callbacks, not a SimPy process: it costs one event per wait
+    # instead of a Condition (timeout | wake), its extra event and a generator resume. It keeps
+    # the event order of the process it replaces (`yield timeout`, `yield wake`, `yield
+    # timeout | wake`), so every run is the same to the bit: each reaction happens at the pop
+    # of an event scheduled at the same point, with the same time and priority, as the event
+    # the process resumed on. Where that event is a Condition (scheduled when the timeout or
+    # the wake pops), the reaction runs at once if nothing else is due at that instant: the
+    # Condition would have been the next event popped.
+    def _schedule(self, callback: Callable[[_Hop], None], delay: float = 0.0, priority=NORMAL):
+        """Call `callback(event)` at now + delay, as the current wait (a new generation)."""
+        self._generation += 1
+        self.env.schedule(_Hop(self.env, callback, self._generation), priority, delay)
+
     def _wake_loop(self) -> None:
-        if self._wake is not None and not self._wake.triggered:
-            self._wake.succeed()
+        """Something may let work in: wake a sleeping loop or cut a decode run short (what
+        `wake.succeed()` did; a no-op while the loop runs or waits for an iteration)."""
+        if self._listening and not self._woken:
+            self._woken = True
+            event = _Hop(self.env, self._on_wake, self._generation)
+            self.env.schedule(event, NORMAL, 0.0)
 
-    def _sleep(self):
-        """Wait until something may let work in (a call arrives, a pin goes)."""
-        self._wake = self.env.event()
-        yield self._wake
-        self._wake = None
+    def _on_start(self, _event: _Hop) -> None:
+        self._run()
 
-    def _loop(self):
+    def _on_wake(self, event: _Hop) -> None:
+        if event.generation != self._generation:
+            return  # a wake of a wait that has ended (the decode run's timer fired first)
+        if self._decoding is None:
+            self._listening = False  # the sleep ends
+            self._run()
+        else:
+            self._decode_timeout_or_wake()
+
+    def _on_decode_timer(self, event: _Hop) -> None:
+        if event.generation == self._generation:  # else: the run was cut short meanwhile
+            self._decode_timeout_or_wake()
+
+    def _decode_timeout_or_wake(self) -> None:
+        """The first of a decode run's timer and wake popped: the Condition `timeout | wake`
+        triggers (later ones find it triggered)."""
+        if self._condition:
+            return
+        self._condition = True
         env = self.env
+        if env.peek() > env.now:
+            self._decode_run_end()  # the Condition would be the very next event popped
+        else:
+            self._schedule(self._on_condition)  # events at this instant go first
+
+    def _on_condition(self, _event: _Hop) -> None:
+        self._decode_run_end()
+
+    def _sleep(self) -> None:
+        """Wait until something may let work in (a call arrives, a pin goes)."""
+        self._generation += 1
+        self._listening = True
+        self._woken = False
+
+    def _run(self) -> None:
+        """The loop, from its top, until it has to wait."""
         sched = self.scheduler
         while True:
             if not sched.has_work():
-                yield from self._sleep()
-                continue
+                return self._sleep()
             skip = sched.skippable_iterations() if self.skip_ahead else 0
             if skip > 0:
-                yield from self._decode_run(skip)
-                if self.check:
-                    self.check_invariants()
-                continue
+                return self._decode_run(skip)
             output = sched.schedule()
             if not output.chunks and not sched.decode.count:
                 if output.preempted:
                     continue  # vLLM admits nothing in a step that preempted; try again
                 if self.kv.pool.pinned_total:
                     # The head needs blocks that TTL pins hold: wait for a pin to expire.
-                    yield from self._sleep()
-                    continue
+                    return self._sleep()
                 # Nothing fits even with every cached block evicted: impossible after the
                 # capacity check in submit, so this is a modelling bug worth stopping for.
                 raise RuntimeError(f"{self.name}: no request can be scheduled")
             dt = self._iteration_time(output)
-            yield env.timeout(dt)
-            self.counters.busy_s += dt
-            sched.update_from_output(output)
-            if self.check:
-                self.check_invariants()
+            self._iteration = (output, dt)
+            return self._schedule(self._on_iteration, dt)
 
-    def _decode_run(self, iterations: int):
-        """Sleep through `iterations` pure-decode iterations in one timeout, or up to the
-        boundary where a new request would be seen, then let the scheduler advance."""
+    def _on_iteration(self, _event: _Hop) -> None:
+        output, dt = self._iteration
+        self._iteration = None
+        self.counters.busy_s += dt
+        self.scheduler.update_from_output(output)
+        if self.check:
+            self.check_invariants()
+        self._run()
+
+    def _decode_run(self, iterations: int) -> None:
+        """Sleep through `iterations` pure-decode iterations in one timer, or up to the boundary
+        where a new request would be seen (a wake meanwhile), then let the scheduler advance."""
         env = self.env
         decode = self.scheduler.decode
         n, ctx0 = decode.count, decode.context_tokens()
         total = self.latency.decode_run_time(n, ctx0, iterations)
-        start = env.now
-        self._wake = env.event()
-        yield env.timeout(total) | self._wake
-        woke = self._wake.triggered
-        self._wake = None
+        self._decoding = (n, ctx0, iterations, total, env.now)
+        self._condition = False
+        self._schedule(self._on_decode_timer, total)
+        self._listening = True
+        self._woken = False
+
+    def _decode_run_end(self) -> None:
+        n, ctx0, iterations, total, start = self._decoding
+        self._decoding = None
+        woke = self._woken
+        self._listening = False
+        env = self.env
+        busy = total  # decode_run_time(n, ctx0, iterations)
         if woke and env.now - start < total:
             # A request arrived mid-run: stop at the iteration boundary it would be seen at.
             done = self.latency.decode_iters_done_by(n, ctx0, env.now - start, iterations)
-            end = start + self.latency.decode_run_time(n, ctx0, done)
-            if end > env.now:
-                yield env.timeout(end - env.now)
+            busy = self.latency.decode_run_time(n, ctx0, done)
+            end = start + busy
             iterations = done
-        if iterations == 0:
-            return
-        self.counters.busy_s += self.latency.decode_run_time(n, ctx0, iterations)
-        self.scheduler.advance_decode(iterations)
+            if end > env.now:
+                self._tail = (iterations, busy)
+                return self._schedule(self._on_decode_tail, end - env.now)
+        self._decode_advance(iterations, busy)
+
+    def _on_decode_tail(self, _event: _Hop) -> None:
+        iterations, busy = self._tail
+        self._tail = None
+        self._decode_advance(iterations, busy)
+
+    def _decode_advance(self, iterations: int, busy: float) -> None:
+        if iterations:
+            self.counters.busy_s += busy
+            self.scheduler.advance_decode(iterations)
+        if self.check:
+            self.check_invariants()
+        self._run()
 
     def _iteration_time(self, output: SchedulerOutput) -> float:
         """One iteration of the decoding requests plus the prefill chunks: its tokens,
