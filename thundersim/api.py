@@ -18,6 +18,10 @@ A relative trace path is looked up in the current directory, then in the traces 
 thundersim (thundersim.lab.data), so the examples run anywhere. Run parameters are those of a
 sweep point, `thundersim run`'s options by the names a spec uses (POINT_DEFAULTS below).
 Nothing here simulates on its own: each function calls the code the CLI and the lab run.
+
+Importing this module is cheap (no pandas, no SimPy, no numpy): each function imports what it
+runs. The defaults of `simulate` and `compare` are POINT_DEFAULTS' (tests/test_startup.py
+checks they agree).
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
-from thundersim.lab import data
-from thundersim.lab.points import POINT_DEFAULTS, build_point, programs_of, simulate_point
-from thundersim.metrics.results import RunResult
-from thundersim.traces.schema import ProgramSpec, TraceError
+    from thundersim.metrics.results import RunResult
+    from thundersim.traces.schema import ProgramSpec
+
+# thundersim.lab.points.POINT_DEFAULTS' trace, policy and concurrency, spelled out so that the
+# signatures need no import (tests/test_startup.py checks they agree)
+_DEFAULT_TRACE = "traces/swe.jsonl"
+_DEFAULT_POLICY = "stp"
+_DEFAULT_CONCURRENCY = 96
 
 __all__ = [
     "compare",
@@ -64,13 +74,15 @@ def generate(workload: str, programs: int, seed: int = 0) -> list[ProgramSpec]:
     >>> len(batch), batch == generate("swe", 3, seed=0)
     (3, True)
     """
+    from thundersim.lab.points import programs_of
+
     return programs_of(f"gen:{workload}:{programs}:{seed}")
 
 
 def simulate(
-    trace: str | Path | Sequence[ProgramSpec] = POINT_DEFAULTS["trace"],
-    policy: str = POINT_DEFAULTS["policy"],
-    concurrency: int = POINT_DEFAULTS["concurrency"],
+    trace: str | Path | Sequence[ProgramSpec] = _DEFAULT_TRACE,
+    policy: str = _DEFAULT_POLICY,
+    concurrency: int = _DEFAULT_CONCURRENCY,
     **options,
 ) -> RunResult:
     """Simulate a trace under a policy; the RunResult.
@@ -89,6 +101,8 @@ def simulate(
     >>> sorted(two.memory.backend.unique().tolist())
     [0, 1]
     """
+    from thundersim.lab.points import programs_of, simulate_point
+
     if not isinstance(trace, str | Path):  # programs
         return simulate_point(_point("", policy, concurrency, options), list(trace))
     point = _point(str(trace), policy, concurrency, options)
@@ -99,7 +113,7 @@ def simulate(
 
 
 def compare(
-    trace: str | Path = POINT_DEFAULTS["trace"],
+    trace: str | Path = _DEFAULT_TRACE,
     policies: Sequence[str] = ("vllm", "stp"),
     concurrency: Sequence[int] = (24, 48, 72, 96),
     routers: Sequence[str] = ("least_loaded",),
@@ -117,6 +131,7 @@ def compare(
     True
     """
     from thundersim.lab.compare import grid, run_grid
+    from thundersim.lab.points import build_point
 
     file = _trace_file(trace)
     policy_options, config = build_point(_point(str(trace), policies[0], 0, options))
@@ -136,6 +151,10 @@ def read_run(folder: str | Path) -> RunResult:
     >>> run.summary["policy"], len(run.programs), run.env_preps is not None
     ('stp', 200, True)
     """
+    import pandas as pd
+
+    from thundersim.metrics.results import RunResult
+
     folder = Path(folder)
     needed = ["summary.json", "steps.parquet", "programs.parquet", "memory.parquet"]
     missing = [name for name in needed if not (folder / name).is_file()]
@@ -169,6 +188,9 @@ def policy_names() -> list[str]:
 
 
 def _trace_file(path: str | Path) -> Path:
+    from thundersim.lab import data
+    from thundersim.traces.schema import TraceError
+
     try:
         return data.find(path, "trace")
     except data.DataNotFound as exc:
@@ -177,6 +199,8 @@ def _trace_file(path: str | Path) -> Path:
 
 def _point(trace: str, policy: str, concurrency: int, options: dict) -> dict:
     """A sweep point of these parameters; TypeError names an unknown one with the valid."""
+    from thundersim.lab.points import POINT_DEFAULTS
+
     unknown = sorted(set(options) - set(POINT_DEFAULTS))
     if unknown:
         valid = ", ".join(k for k in POINT_DEFAULTS if k not in ("trace", "policy", "concurrency"))

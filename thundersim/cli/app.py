@@ -1,23 +1,86 @@
 """The Typer application, its sub-command groups, and the options and helpers the command
-modules share."""
+modules share.
+
+Start-up is kept cheap: importing the CLI (what `thundersim --help` and every command pays
+before it does anything) loads typer and the catalog only. Each command imports what it runs
+inside its body, and a help text that lists what a registry holds (the live engines, the
+workload generators, the log formats) names it by a placeholder that is filled in when a help
+page is shown (`LazyHelpCommand`): `thundersim run --help` imports the engine adapters,
+`thundersim run` on the simulator does not. tests/test_startup.py checks that importing
+thundersim.cli loads none of scipy, pandas, aiohttp, httpx, matplotlib;
+experiments/bench_startup.py measures it."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
-from thundersim.engine_adapters.registry import engine_names
 from thundersim.sim.catalog import GPUS, MODELS
 
-app = typer.Typer(
+
+def _engines() -> str:
+    return ", ".join(engine_choices())
+
+
+def _workloads() -> str:
+    from thundersim.traces import workloads
+
+    return ", ".join(workloads.GENERATORS)
+
+
+def _log_formats() -> str:
+    from thundersim.traces import converters
+
+    return ", ".join(converters.CONVERTERS)
+
+
+def _conformance_workloads() -> str:
+    from thundersim.conformance.workloads import WORKLOADS
+
+    return ", ".join(WORKLOADS)
+
+
+# placeholder in an option's help -> what replaces it when the help is shown
+HELP_FILLS: dict[str, Callable[[], str]] = {
+    "{engines}": _engines,
+    "{workloads}": _workloads,
+    "{log_formats}": _log_formats,
+    "{conformance_workloads}": _conformance_workloads,
+}
+
+
+class LazyHelpCommand(TyperCommand):
+    """A command whose options' help may name HELP_FILLS placeholders: they are filled in
+    when the help page is formatted, so listing a registry costs nothing to a command run."""
+
+    def format_help(self, ctx, formatter) -> None:
+        for param in self.params:
+            text = getattr(param, "help", None)
+            if text and "{" in text:
+                for key, fill in HELP_FILLS.items():
+                    if key in text:
+                        text = text.replace(key, fill())
+                param.help = text
+        super().format_help(ctx, formatter)
+
+
+class _Typer(typer.Typer):
+    """typer.Typer whose commands are LazyHelpCommand unless a command names its own class."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or LazyHelpCommand, **kwargs)
+
+
+app = _Typer(
     pretty_exceptions_enable=False,
     help="Simulator and policy lab for program-aware agentic LLM inference.",
     no_args_is_help=True,
     add_completion=False,
 )
-trace_app = typer.Typer(help="Make and inspect traces.", no_args_is_help=True)
+trace_app = _Typer(help="Make and inspect traces.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
 
 DEFAULT_TRACE = Path("traces/swe.jsonl")
@@ -80,11 +143,15 @@ def engine_choices(sim: bool = False) -> list[str]:
     of this package and of installed `thundersim.engines` entry points), after "sim" where the
     command can simulate. Read when an option is checked, so an engine registered after this
     module was imported is a choice too."""
+    from thundersim.engine_adapters.registry import engine_names
+
     return ([SIM_ENGINE] if sim else []) + engine_names()
 
 
 def _engine_check(sim: bool):
     def check(value: str) -> str:
+        if sim and value == SIM_ENGINE:
+            return value  # the simulator: no engine adapter needs importing
         valid = engine_choices(sim)
         if value not in valid:
             raise typer.BadParameter(f"unknown engine {value!r}; valid: {', '.join(valid)}")
@@ -101,23 +168,22 @@ def urls_of(backends: str, engine: str) -> list[str]:
     return urls
 
 
-# The help lists the engines registered when the CLI is imported (the check reads them again).
+# The help lists the engines registered when it is shown (the check reads them again).
 RUN_ENGINE_OPT = typer.Option(
     SIM_ENGINE,
     "--engine",
     callback=_engine_check(sim=True),
-    help=f"{SIM_ENGINE} (the simulator) or a live engine at --backends: "
-    f"{', '.join(engine_choices())}.",
+    help=f"{SIM_ENGINE} (the simulator) or a live engine at --backends: {{engines}}.",
 )
 LIVE_ENGINE_OPT = typer.Option(
     "vllm",
     "--engine",
     callback=_engine_check(sim=False),
-    help=f"The engine the --backends URLs serve: {', '.join(engine_choices())}.",
+    help="The engine the --backends URLs serve: {engines}.",
 )
 
 
-engine_app = typer.Typer(help="Local vLLM replicas.", no_args_is_help=True)
+engine_app = _Typer(help="Local vLLM replicas.", no_args_is_help=True)
 app.add_typer(engine_app, name="engine")
 
 EXECUTOR_OPT = typer.Option("local", help="local (processes here) or ray (a Ray cluster).")
@@ -130,6 +196,8 @@ def run_fast(coro):
     """asyncio.run on uvloop where it is installed: it roughly halves the proxy's CPU per
     request (measured by experiments/bench_proxy.py), which on a machine that also runs the
     engine is latency taken from the engine."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:

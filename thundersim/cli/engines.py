@@ -25,25 +25,8 @@ from thundersim.cli.app import (
     run_fast,
     urls_of,
 )
-from thundersim.conformance.compare import (
-    default_vllm_python,
-    run_conformance,
-    to_frame,
-)
-from thundersim.conformance.compare import (
-    report as conformance_report,
-)
-from thundersim.conformance.workloads import WORKLOADS
-from thundersim.core.policy import PolicyOptions, parse_params
-from thundersim.engine_adapters.local import TINY_LLAMA, TINY_VOCAB, LocalEngines, parse_cpus
-from thundersim.engine_adapters.registry import make_backends
-from thundersim.engine_adapters.tokens import TokenBook
-from thundersim.lab.data import find
-from thundersim.live.calibrate import calibrate, validate
-from thundersim.policies import registry
-from thundersim.sim.latency import LatencyProfile
-from thundersim.traces.loader import load_trace, scale_trace
-from thundersim.traces.schema import TraceError
+
+# What a command runs is imported inside it (start-up: see thundersim.cli.app).
 
 
 @app.command("calibrate")
@@ -54,6 +37,8 @@ def calibrate_cmd(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Measure a live engine's prefill and decode times and write a latency profile."""
+    from thundersim.live.calibrate import calibrate
+
     try:
         profile, samples = calibrate(urls_of(backends, engine)[0], engine)
     except (RuntimeError, OSError, ValueError) as exc:
@@ -109,6 +94,13 @@ def validate_cmd(
 ) -> None:
     """Run a trace live and simulated (with a calibrated profile) for vllm and stp and print
     the relative error of throughput, KV hit rate and preemptions."""
+    from thundersim.core.policy import PolicyOptions
+    from thundersim.lab.data import find
+    from thundersim.live.calibrate import validate
+    from thundersim.sim.latency import LatencyProfile
+    from thundersim.traces.loader import load_trace, scale_trace
+    from thundersim.traces.schema import TraceError
+
     try:
         url = urls_of(backends, engine)[0]
         profile = LatencyProfile.load(latency_profile)
@@ -136,12 +128,17 @@ def conformance_cmd(
         "`make vllm` installs).",
     ),
     workload: list[str] = typer.Option(
-        None, help="Workloads to run (repeatable; default all): " + ", ".join(WORKLOADS) + "."
+        None, help="Workloads to run (repeatable; default all): {conformance_workloads}."
     ),
     out: Path = typer.Option(None, help="Write the per-workload table here (CSV)."),
 ) -> None:
     """Run vLLM's own scheduler and the simulator's engine on the same request streams and
     compare them iteration by iteration (exit 1 if any step diverges)."""
+    from thundersim.conformance.compare import default_vllm_python, run_conformance, to_frame
+    from thundersim.conformance.compare import report as conformance_report
+    from thundersim.conformance.workloads import WORKLOADS
+    from thundersim.engine_adapters.local import TINY_LLAMA
+
     python = vllm_python or default_vllm_python()
     if python is None:
         fail("no vLLM to test against: pass --vllm-python (or run `make vllm`)")
@@ -180,6 +177,8 @@ def engine_up(
     extra: list[str] | None = typer.Argument(None, help="Extra vLLM server arguments."),
 ) -> None:
     """Start local vLLM servers, print one URL per replica, stay until SIGINT/SIGTERM."""
+    from thundersim.engine_adapters.local import LocalEngines, parse_cpus
+
     if cpus is not None:
         try:
             parse_cpus(cpus)
@@ -269,9 +268,14 @@ def serve(
 ) -> None:
     """OpenAI-compatible proxy for real agents: the policy schedules their programs on live
     replicas. Send `program_id` with each call and POST /programs/release at the end."""
+    from thundersim.core.policy import PolicyOptions, parse_params
+    from thundersim.engine_adapters.local import TINY_VOCAB
+    from thundersim.engine_adapters.registry import make_backends
+    from thundersim.engine_adapters.tokens import TokenBook
     from thundersim.engine_adapters.vllm import UpstreamTimeouts
     from thundersim.live.serve import Proxy, ServeConfig, resolve_token, serve_until_stopped
     from thundersim.metrics.results import check_replaceable
+    from thundersim.policies import registry
 
     try:
         urls = urls_of(backends, engine)

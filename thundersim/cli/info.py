@@ -7,7 +7,6 @@ import typer
 from thundersim.cli.app import (
     app,
 )
-from thundersim.policies import registry
 from thundersim.sim.catalog import GPUS, MODELS
 
 
@@ -43,6 +42,8 @@ def catalog(
 @app.command("policies")
 def list_policies() -> None:
     """List the registered policies (with their parameters) and routers."""
+    from thundersim.policies import registry
+
     for name in registry.names():
         cls = registry.REGISTRY[name]
         aliases = cls.aliases
@@ -60,5 +61,7 @@ def list_policies() -> None:
 def _origin(cls: type) -> str:
     """Where an out-of-tree policy or router comes from (its distribution); nothing for the
     built-in ones."""
+    from thundersim.policies import registry
+
     origin = registry.origin(cls)
     return "" if origin == "built-in" else f"  [{origin}]"

@@ -7,9 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from tqdm import tqdm
 
 from thundersim.cli.app import (
     CACHE_OPT,
@@ -38,12 +35,8 @@ from thundersim.cli.app import (
     warmup_or_default,
 )
 from thundersim.cli.run import Stops
-from thundersim.lab.compare import grid, run_grid
-from thundersim.lab.data import find
-from thundersim.policies import registry
-from thundersim.sim.simulate import build_run, check_fits
-from thundersim.traces.loader import load_trace
-from thundersim.traces.schema import TraceError
+
+# What a command runs is imported inside it (start-up: see thundersim.cli.app).
 
 
 @app.command()
@@ -75,6 +68,15 @@ def compare(
     progress: bool = typer.Option(True, help="Show a progress bar on stderr."),
 ) -> None:
     """Run a grid of policies x concurrency x routers in parallel and print one table."""
+    from tqdm import tqdm
+
+    from thundersim.lab.compare import grid, run_grid
+    from thundersim.lab.data import find
+    from thundersim.policies import registry
+    from thundersim.sim.simulate import build_run, check_fits
+    from thundersim.traces.loader import load_trace
+    from thundersim.traces.schema import TraceError
+
     try:
         names = [n.strip() for n in policies.split(",") if n.strip()]
         levels = [int(c) for c in concurrency.split(",") if c.strip()]
@@ -125,6 +127,9 @@ def compare(
 
 
 def _print_table(table, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     t = Table(title=title)
     cols = [
         ("policy", "policy", "{}"),
@@ -170,6 +175,8 @@ def sweep(
     Ctrl-C, SIGTERM and SIGHUP stop it alike: its workers are killed, the points finished so
     far stay cached and are written as the table, and it exits 130, 143 or 129 (128 + the
     signal). Signals that land while it ends (the table gathered and written) wait for it."""
+    from tqdm import tqdm
+
     from thundersim.lab import compare as pools
     from thundersim.lab.sweep import SpecError, _gather, load_spec, run_sweep
 
@@ -218,6 +225,8 @@ def figures(
     cache: Path = CACHE_OPT,
 ) -> None:
     """Regenerate every figure and table of the paper and write figures/REPORT.md."""
+    from tqdm import tqdm
+
     from thundersim.lab.figures import regenerate, specs_in
     from thundersim.lab.sweep import SpecError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import signal
@@ -13,9 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from tqdm import tqdm
 
 from thundersim.cli.app import (
     DECAY_OPT,
@@ -43,19 +39,8 @@ from thundersim.cli.app import (
     urls_of,
     warmup_or_default,
 )
-from thundersim.core.envs import EnvLimits
-from thundersim.engine_adapters.local import TINY_VOCAB
-from thundersim.engine_adapters.registry import make_backends
-from thundersim.engine_adapters.sandbox import DockerSandbox, LocalSandbox
-from thundersim.engine_adapters.tokens import TokenBook
-from thundersim.lab.data import find
-from thundersim.live.driver import _run_to_end, run_live, write_live_log
-from thundersim.metrics.results import check_replaceable, replacing_folder
-from thundersim.metrics.window import describe
-from thundersim.policies import registry
-from thundersim.sim.simulate import _run_until_done, build_run, simulate
-from thundersim.traces.loader import load_trace, scale_trace
-from thundersim.traces.schema import TraceError
+
+# What a command runs is imported inside it (start-up: see thundersim.cli.app).
 
 
 @app.command()
@@ -124,6 +109,13 @@ def run(
 ) -> None:
     """Simulate a trace under a policy (or run it live on real engines) and summarise
     throughput, hit rate and STP cost."""
+    from thundersim.lab.data import find
+    from thundersim.metrics.results import check_replaceable, replacing_folder
+    from thundersim.policies import registry
+    from thundersim.sim.simulate import build_run
+    from thundersim.traces.loader import load_trace, scale_trace
+    from thundersim.traces.schema import TraceError
+
     try:
         options, config = build_run(
             router=router,
@@ -158,7 +150,11 @@ def run(
     except (ValueError, TraceError) as exc:
         fail(str(exc))
     live = None
+    stopped: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
     if engine != SIM_ENGINE:
+        import asyncio  # a live run's task is cancelled; a simulated run never loads asyncio
+
+        stopped += (asyncio.CancelledError,)
         live = LiveArgs(engine, backends, sandbox, sandbox_root, disk_scale)
         specs = scale_trace(specs, token_scale, time_scale)
     with Stops(live is not None) as stops:
@@ -166,7 +162,7 @@ def run(
             result = _execute(
                 specs, pol, config, str(trace), live, f"{policy} c={concurrency}", progress, stops
             )
-        except (KeyboardInterrupt, asyncio.CancelledError):  # stopped before it had a result
+        except stopped:  # stopped before it had a result
             raise typer.Exit(stops.exit_code or 130) from None
         stops.finishing()  # from here a signal waits until the output is whole
         if out is not None:
@@ -174,6 +170,8 @@ def run(
                 with replacing_folder(out) as tmp:
                     result.write_into(tmp)
                     if live is not None:
+                        from thundersim.live.driver import write_live_log
+
                         write_live_log(result, specs, tmp / "steps.jsonl")
             except (OSError, ValueError) as exc:
                 fail(f"cannot write {out}: {exc}")
@@ -212,8 +210,18 @@ class Stops:
     SIGNALS = tuple(
         getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
     )
-    _LOOP = (_run_until_done.__code__,)  # where a simulated run may be interrupted
-    _DRIVING = _run_to_end.__code__  # where a live run may be cancelled and keep its result
+
+    @property
+    def _LOOP(self) -> tuple:  # noqa: N802 -- where a simulated run may be interrupted
+        from thundersim.sim.simulate import _run_until_done
+
+        return (_run_until_done.__code__,)
+
+    @property
+    def _DRIVING(self):  # noqa: N802 -- where a live run may be cancelled and keep its result
+        from thundersim.live.driver import _run_to_end
+
+        return _run_to_end.__code__
 
     def __init__(self, live: bool = False, anywhere_but: tuple | None = None) -> None:
         self.live = live
@@ -222,8 +230,8 @@ class Stops:
         self.interrupted = False  # the run was told to stop
         self.done = False  # the run is over: signals wait
         self._saved: dict[int, object] = {}
-        self._task: asyncio.Task | None = None  # a live run's
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task = None  # a live run's asyncio.Task
+        self._loop = None  # its asyncio event loop
         self._running = False  # a live run has connected: only its driving may be cancelled
 
     @property
@@ -256,6 +264,8 @@ class Stops:
 
     def attach(self) -> None:
         """Inside a live run's task, before it connects: signals from now on cancel it."""
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
 
@@ -338,6 +348,8 @@ def _execute(
 ):
     """Run simulated (live is None) or live, with a progress bar on stderr; a run that cannot
     start or fails ends the command with its reason."""
+    from tqdm import tqdm
+
     # A horizon run has no last program: its progress is simulated time.
     by_time = config.horizon_s is not None
     bar = tqdm(
@@ -359,6 +371,8 @@ def _execute(
 
     try:
         if live is None:
+            from thundersim.sim.simulate import simulate
+
             return simulate(specs, pol, config, trace_name=trace, progress=tick)
         return run_fast(_run_live(specs, pol, config, trace, live, tick, stops))
     except (ValueError, RuntimeError) as exc:
@@ -370,6 +384,8 @@ def _execute(
 
 def _make_sandbox(kind: str, root: Path | None, disk_scale: float, stack: contextlib.ExitStack):
     """The live EnvProvider: local directories/ports/processes, or Docker containers."""
+    from thundersim.engine_adapters.sandbox import DockerSandbox, LocalSandbox
+
     if kind == "local":
         if root is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="thundersim-")))
@@ -390,6 +406,12 @@ def _check_fits(specs, backends) -> None:
 
 
 async def _run_live(specs, pol, config, trace: str, live: LiveArgs, tick, stops=None):
+    from thundersim.core.envs import EnvLimits
+    from thundersim.engine_adapters.local import TINY_VOCAB
+    from thundersim.engine_adapters.registry import make_backends
+    from thundersim.engine_adapters.tokens import TokenBook
+    from thundersim.live.driver import run_live
+
     if stops is not None:
         stops.attach()
     urls = urls_of(live.backends, live.engine)
@@ -426,6 +448,11 @@ async def _run_live(specs, pol, config, trace: str, live: LiveArgs, tick, stops=
 
 
 def _print_summary(s: dict, out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from thundersim.metrics.window import describe
+
     console = Console()
     t = Table(title=f"{s['policy']} on {s['trace']} ({s['setup']})", show_header=False)
     t.add_column("metric", style="bold")
@@ -466,6 +493,15 @@ def _print_summary(s: dict, out: Path | None) -> None:
                 f"({env['prefetched']} prepared ahead)",
             )
         )
+        if "preps_queued_beyond_fit" in env:  # simulated: Fig 2c's fit holds for 24..96 at once
+            rows.append(
+                (
+                    "env preps beyond Fig 2c's 96",
+                    f"{env['preps_queued_beyond_fit']:,} waited for a slot (mean "
+                    f"{env['prep_slot_wait_s_mean']:.1f} s; peak {env['peak_preps_requested']:,} "
+                    "requested at once)",
+                )
+            )
     for k, v in rows:
         t.add_row(k, v)
     if s.get("stopped"):

@@ -7,26 +7,25 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from thundersim.cli.app import (
     fail,
     trace_app,
 )
-from thundersim.traces import converters, workloads
-from thundersim.traces.loader import dump_trace, load_trace
-from thundersim.traces.schema import TraceError
-from thundersim.traces.stats import trace_stats
+
+# What a command runs is imported inside it (start-up: see thundersim.cli.app).
 
 
 @trace_app.command("gen")
 def trace_gen(
-    workload: str = typer.Option("swe", help=f"Workload: {', '.join(workloads.GENERATORS)}."),
+    workload: str = typer.Option("swe", help="Workload: {workloads}."),
     programs: int = typer.Option(300, help="Number of programs."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Generate a trace (JSONL on stdout)."""
+    from thundersim.traces import workloads
+    from thundersim.traces.loader import dump_trace
+
     if programs < 1:
         fail("--programs must be >= 1")
     try:
@@ -39,9 +38,7 @@ def trace_gen(
 @trace_app.command("convert")
 def trace_convert(
     inputs: list[Path] = typer.Argument(..., help="Log files to convert (one or more)."),
-    fmt: str = typer.Option(
-        ..., "--format", help=f"Log format: {', '.join(converters.CONVERTERS)}."
-    ),
+    fmt: str = typer.Option(..., "--format", help="Log format: {log_formats}."),
     workload: str | None = typer.Option(
         None, help="Workload name for the programs (default: the format's, or the logged one)."
     ),
@@ -50,6 +47,9 @@ def trace_convert(
     ),
 ) -> None:
     """Convert real agent logs into a trace (JSONL, schema v1, on stdout)."""
+    from thundersim.traces import converters
+    from thundersim.traces.loader import dump_trace
+
     try:
         specs = converters.convert(fmt, inputs, workload=workload, program_field=program_field)
     except ValueError as exc:  # TraceError included
@@ -63,6 +63,13 @@ def trace_stats_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object keyed by quantity."),
 ) -> None:
     """Distributions of a trace: steps, contexts, tokens, tool seconds (by tool), environment."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from thundersim.traces.loader import load_trace
+    from thundersim.traces.schema import TraceError
+    from thundersim.traces.stats import trace_stats
+
     try:
         specs = load_trace(path)
     except TraceError as exc:
