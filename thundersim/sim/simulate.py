@@ -293,4 +293,7 @@ def simulate(
     result = result_of(meta, end, wall, interrupted, feed, recorder, backends, envs)
     if stopped:
         result.summary["stopped"] = stopped
+    if envs is not None and isinstance(envs.provider, SimSandbox):
+        # how many preparations the run asked beyond Fig 2c's fitted range (thundersim.sim.sandbox)
+        result.summary["env"].update(envs.provider.fit_report())
     return result
