@@ -290,6 +290,8 @@ class STP(Policy):
         return False
 
     def restore(self, view: ClusterView, loads: list[float]) -> list[Decision]:
+        if self._sync(view) is not None and self._own_cost:
+            return self._restore_kept(view, loads)
         o = self.options
         backends = view.backends()
         decisions: list[Decision] = []
@@ -317,4 +319,52 @@ class STP(Policy):
                 continue  # a smaller program further down may still fit
             decisions.append(Restore(p.id, b.index))
             loads[b.index] += c
+        return decisions
+
+    def _restore_kept(self, view: ClusterView, loads: list[float]) -> list[Decision]:
+        """`restore` with the same decisions, cheaper per candidate: the backend with the most
+        room is found again only after a restore changed the loads (it is a function of the
+        loads alone), and, in the S_restore order of this class, once a reasoning or new
+        candidate does not fit, the rest of its class is passed over unread (each is larger,
+        costs its size + reserve, and meets the same backend and loads)."""
+        o = self.options
+        backends = view.backends()
+        decisions: list[Decision] = []
+        now = view.now
+        skip = type(self).restore_order is STP.restore_order and not self.sticky
+        skipping = None  # the class being passed over
+        room_target = False  # most_room's answer for the present loads (False: not asked)
+        for p in self.restore_order(view):
+            if skipping is not None:
+                rank = 1 if p.status is Status.WAITING else 0 if p.phase is Phase.REASONING else 2
+                if rank == skipping:
+                    continue
+                skipping = None
+            if self.sticky and p.last_backend is not None:
+                b = backends[p.last_backend]
+                if not b.alive:
+                    if room_target is False:
+                        room_target = most_room(backends, loads, o.lambda_max)
+                    b = room_target
+            else:
+                if room_target is False:
+                    room_target = most_room(backends, loads, o.lambda_max)
+                b = room_target
+            if b is None:
+                break
+            if loads[b.index] >= o.lambda_min * b.capacity_tokens:
+                if self.sticky:
+                    continue
+                break
+            c = self.cost(p, now)
+            room = o.lambda_max * b.capacity_tokens - loads[b.index]
+            if c > room and loads[b.index] > 0:
+                if self.blocks_queue(p, now):
+                    break
+                if skip and p.phase is Phase.REASONING:
+                    skipping = 1 if p.status is Status.WAITING else 0
+                continue
+            decisions.append(Restore(p.id, b.index))
+            loads[b.index] += c
+            room_target = False
         return decisions
