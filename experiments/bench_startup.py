@@ -10,7 +10,11 @@ Prints, best of --repeat, each in a fresh interpreter (wall clock of the whole p
 - `thundersim run` on a small trace, end to end, next to its in-loop simulation time (the run
   summary's wall_s: the simulation loop alone) and their difference (start-up + result tables
   + output); --make-run adds `make run`'s run (traces/swe.jsonl, stp, 96 programs);
-and which heavy libraries each of `import thundersim.cli` and the run left in sys.modules.
+and which heavy libraries each of `import thundersim.cli` and the run left in sys.modules; then,
+for this checkout, who loads each heavy library in `run --help` and in the run (the first line of
+thundersim/, policies/ or engine_adapters/ whose import brought it in) and what it cost there
+(-X importtime, cumulative: a library's figure includes what it pulled in first, so they
+overlap): where to look to make start-up cheaper still.
 
 --before DIR times an earlier checkout side by side (e.g. `git archive 5000b16 thundersim | tar
 -x -C DIR`): its thundersim/ goes first on sys.path (policies/ and engine_adapters/ still come
@@ -83,6 +87,62 @@ def loaded_after(code: str, tree: Path | None) -> list[str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+_FIRST_IMPORTER = """
+import builtins, sys, traceback
+_orig, _seen = builtins.__import__, {}
+def _hook(name, *a, **k):
+    top = name.split(".")[0]
+    if top in HEAVY and top not in sys.modules and top not in _seen:
+        stack = [f for f in traceback.extract_stack()[:-1] if not f.filename.startswith("<")]
+        ours = [f for f in stack if f.filename.startswith(ROOT) and "-packages" not in f.filename]
+        f = (ours or stack)[-1]
+        _seen[top] = f"{f.filename.split('-packages/')[-1].removeprefix(ROOT + '/')}:{f.lineno}"
+    return _orig(name, *a, **k)
+builtins.__import__ = _hook
+"""
+
+
+def who_loads(code: str) -> dict[str, tuple[str, float]]:
+    """heavy library -> (the line of ours whose import first loaded it, its import s)."""
+    setup = f"HEAVY = {HEAVY!r}\nROOT = {str(ROOT)!r}\n{_FIRST_IMPORTER}"
+    probe = f"{setup}\n{code}\nimport json\nprint(json.dumps(_seen))"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=_env(None),
+    )
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-2000:])
+    first = json.loads(done.stdout.strip().splitlines()[-1])
+    cost = _import_costs(done.stderr)
+    return {lib: (where, cost.get(lib, 0.0)) for lib, where in first.items()}
+
+
+def _import_costs(importtime: str) -> dict[str, float]:
+    """Seconds per top-level package from -X importtime's output: the cumulative time of each
+    subtree of the package's modules that a module of another package (or nothing) imported."""
+    entries = []  # (depth, top-level package, cumulative us), in output order (children first)
+    for line in importtime.splitlines():
+        if not line.startswith("import time:") or "|" not in line:
+            continue
+        _, cum, name = line.split("|", 2)
+        if not cum.strip().isdigit():
+            continue  # the header
+        depth = (len(name) - len(name.lstrip())) // 2
+        entries.append((depth, name.strip().split(".")[0], int(cum)))
+    cost: dict[str, float] = {}
+    stack: list[tuple[int, str]] = []  # enclosing entries, read from the end (parents first)
+    for depth, top, cum in reversed(entries):
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        if not stack or stack[-1][1] != top:
+            cost[top] = cost.get(top, 0.0) + cum / 1e6
+        stack.append((depth, top))
+    return cost
+
+
 def measure(tree: Path | None, args) -> dict:
     py = sys.executable
     run_args = ["run", "--trace", args.trace, "--concurrency", str(args.concurrency)]
@@ -148,6 +208,19 @@ def main() -> None:
         print(f"  {n}: thundersim from {results[n]['from']}")
         for what, mods in results[n]["modules"].items():
             print(f"  {n}, {what}: {', '.join(mods) or 'none'}")
+    run_args = ["run", "--trace", args.trace, "--concurrency", str(args.concurrency)]
+    run_args += ["--policy", args.policy, "--json", "--no-progress"]
+    probes = {
+        "thundersim run --help": "from thundersim.cli import app\n"
+        "try:\n    app(['run', '--help'], standalone_mode=False)\nexcept SystemExit:\n    pass",
+        "thundersim run (sim)": f"from thundersim.cli import app\n"
+        f"app({run_args!r}, standalone_mode=False)",
+    }
+    print("\nthis checkout: who loads them (first import of ours), and their import s there:")
+    for what, code in probes.items():
+        print(f"  {what}:")
+        for lib, (where, secs) in who_loads(code).items():
+            print(f"    {lib:10s} {secs:6.3f} s  from {where}")
 
 
 if __name__ == "__main__":
