@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import event, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -1005,3 +1005,29 @@ def test_a_broken_chains_pinned_run_counts_as_free_in_the_lookup():
     assert look.free_after == 0 + 3  # the shared hit leaves the queue; the pinned 3 turn free
     pool.acquire(SK, "p1", look)
     assert pool.free == look.free_after
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 40), st.integers(1, 60)), max_size=12),
+    st.integers(0, 30),
+    st.integers(0, 40),
+)
+def test_fitting_iterations_is_the_longest_decode_run_whose_blocks_fit(members, clock, free):
+    """DecodeGroup.fitting_iterations (the skip-ahead's bound, in O(block_size)) is the
+    largest k with new_blocks(k) <= free, as a search over new_blocks finds it."""
+    from thundersim.sim.decoding import DecodeGroup
+
+    group = DecodeGroup(B)
+    group.iteration = clock
+    for i, (prompt, output) in enumerate(members):
+        r = engine_request(f"r{i}", prompt, output=output + 1, request_id=i + 1)
+        r.start_at(0)
+        _compute(r, prompt)
+        r.append_output_token()
+        group.add(r)
+    fits = group.fitting_iterations(free)
+    if not members:
+        assert fits >= 1 << 60  # nobody decodes: no bound
+        return
+    assert group.new_blocks(fits) <= free < group.new_blocks(fits + 1)

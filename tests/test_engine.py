@@ -324,3 +324,33 @@ def test_a_preempted_request_keeps_its_output_and_recomputes_it():
     assert victim.num_tokens == 200 + victim.num_output_tokens and victim.num_output_tokens > 0
     env.run(until=60)
     assert a["usage"].output_tokens == b["usage"].output_tokens == 150
+
+
+@pytest.mark.parametrize(
+    "profile",
+    [
+        FLAT,
+        roofline_profile(make_setup()),
+        # attention-dominated from an empty context: iterations grow ~100x over a long run, so
+        # the mean-time guess is far off and the search falls back to the bisection
+        LatencyProfile(
+            overhead_s=1e-4, c_token=0.0, c_pair=1e-5, m_const=0.0, m_expert=0.0, m_kv=0.0
+        ),
+    ],
+)
+def test_a_cut_decode_run_stops_where_the_models_own_search_says(profile):
+    """SimBackend._iterations_done_by (a guess checked on both sides) answers what
+    StepTimeModel.decode_iters_done_by (a bisection) does, with the run time of its answer."""
+    import random
+
+    _, eng = make_engine(profile=profile)
+    model = eng.latency
+    rng = random.Random(5)
+    for _ in range(300):
+        n, k_max = rng.randint(1, 200), rng.choice([1, 2, 7, 100, 5000])
+        ctx0 = n * rng.randint(1, 40_000)
+        total = model.decode_run_time(n, ctx0, k_max)
+        elapsed = rng.choice([0.0, total * rng.random(), total * (1 - 1e-12)])
+        done, busy = eng._iterations_done_by(n, ctx0, elapsed, k_max, total)
+        assert done == model.decode_iters_done_by(n, ctx0, elapsed, k_max)
+        assert busy == model.decode_run_time(n, ctx0, done)

@@ -82,6 +82,26 @@ class DecodeGroup:
                 total += members * ((fill + iterations - 1) // B + (1 if fill == 0 else 0))
         return total
 
+    def fitting_iterations(self, free: int) -> int:
+        """The most iterations whose new blocks fit in `free` blocks: the largest k with
+        new_blocks(k) <= free (no bound when nobody decodes). In O(block_size): iteration j of
+        a run needs one block for each member whose last block is then full, those at phase
+        -(iteration + j) mod B, so the demand repeats every B iterations and each period needs
+        one block per member (new_blocks(q*B + r) = q*count + the first r demands)."""
+        count = self.count
+        if count == 0:
+            return 1 << 62
+        B = self.block_size
+        periods, rem = divmod(free, count)
+        counts = self._phase_counts
+        phase = -self.iteration
+        r = 0  # rem < count, so some r < B overdraws it
+        while True:
+            rem -= counts[(phase - r) % B]
+            if rem < 0:
+                return periods * B + r
+            r += 1
+
     def iterations_to_next_finish(self) -> int:
         """Iterations until the earliest finish in the queue. The queue's head may belong to a
         request that left (it is dropped when popped): the run it bounds just ends sooner."""
@@ -91,6 +111,8 @@ class DecodeGroup:
         """The members whose last token the clock has reached, in finish order (still in the
         group: the caller removes them)."""
         queue = self._finish_queue
+        if not queue or queue[0][0] > self.iteration:
+            return []  # the common case: nobody finishes at this iteration
         done: dict[int, EngineRequest] = {}
         while queue and queue[0][0] <= self.iteration:
             finish, request_id, req = heapq.heappop(queue)

@@ -25,6 +25,7 @@ reference the fast path is tested against).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import simpy
@@ -66,6 +67,12 @@ VLLM_API_BUDGET_MID = (8192, 1024)
 VLLM_API_BUDGET_SMALL = (2048, 256)
 # A SimBackend built without a GPU in mind gets the tier of the paper's H100s.
 DEFAULT_MAX_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS = VLLM_API_BUDGET_MID
+
+
+# Steps _iterations_done_by walks from its guess before it falls back to a bisection: the guess
+# (elapsed / the run's mean iteration time) is a lower bound when iterations grow longer over
+# the run and rarely more than one or two off; a bound only keeps a bad guess from walking long.
+_GUESS_STEPS = 4  # provenance: heuristic — the cost of a walk vs a bisection, not a model constant
 
 
 class _Hop(simpy.Event):
@@ -366,14 +373,43 @@ class SimBackend:
         busy = total  # decode_run_time(n, ctx0, iterations)
         if woke and env.now - start < total:
             # A request arrived mid-run: stop at the iteration boundary it would be seen at.
-            done = self.latency.decode_iters_done_by(n, ctx0, env.now - start, iterations)
-            busy = self.latency.decode_run_time(n, ctx0, done)
+            done, busy = self._iterations_done_by(n, ctx0, env.now - start, iterations, total)
             end = start + busy
             iterations = done
             if end > env.now:
                 self._tail = (iterations, busy)
                 return self._schedule(self._on_decode_tail, end - env.now)
         self._decode_advance(iterations, busy)
+
+    def _iterations_done_by(
+        self, n: int, ctx0: int, elapsed: float, k_max: int, total: float
+    ) -> tuple[int, float]:
+        """(k, decode_run_time(n, ctx0, k)) for the smallest k <= k_max whose run time reaches
+        `elapsed` (< total, the run time of k_max): StepTimeModel.decode_iters_done_by's answer,
+        found from a guess instead of a bisection. The run time never decreases with k (every
+        iteration takes at least the step overhead), so that k is the one with
+        T(k - 1) < elapsed <= T(k) however it is searched for; the guess from the run's mean
+        iteration time is at most a few iterations off (an iteration's time varies little over
+        a run), so 2-3 evaluations find it where a bisection takes log2(k_max)."""
+        run_time = self.latency.decode_run_time
+        k = min(k_max, math.ceil(elapsed * k_max / total))
+        t = run_time(n, ctx0, k)
+        if t >= elapsed:  # walk down to the first k that reaches it
+            for _ in range(_GUESS_STEPS):
+                if k == 0:
+                    return k, t
+                below = run_time(n, ctx0, k - 1)
+                if below < elapsed:
+                    return k, t
+                k, t = k - 1, below
+        else:  # walk up (k < k_max: T(k_max) = total > elapsed)
+            for _ in range(_GUESS_STEPS):
+                k += 1
+                t = run_time(n, ctx0, k)
+                if t >= elapsed:
+                    return k, t
+        k = self.latency.decode_iters_done_by(n, ctx0, elapsed, k_max)  # a far guess
+        return k, run_time(n, ctx0, k)
 
     def _on_decode_tail(self, _event: _Hop) -> None:
         iterations, busy = self._tail

@@ -126,7 +126,8 @@ class KVCacheManager:
             upto = req.num_computed_tokens + num_tokens
         else:
             taken = pool.acquire(req.prefix_key, req.chain_key, hit)
-            pool.allocate(need)
+            if need:
+                pool.allocate(need)
             blocks = RequestBlocks(taken + need, hit.shared_taken, hit.hit_blocks)
             self._blocks[req.request_id] = blocks
             upto = hit.hit_blocks * self.block_size + num_tokens

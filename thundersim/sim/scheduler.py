@@ -128,26 +128,17 @@ class Scheduler:
             return 0
         if self.waiting and self._head_admissible():
             return 0
-        free = self.kv.num_free_blocks()
-        if decode.new_blocks(1) > free:
-            return 0  # the next iteration must preempt
-        to_finish = decode.iterations_to_next_finish()
-        if decode.new_blocks(to_finish) <= free:
-            return to_finish
-        lo, hi = 1, to_finish  # the largest run whose blocks fit
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if decode.new_blocks(mid) <= free:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        # the largest run whose blocks fit, up to the next finish (0: the next iteration must
+        # preempt)
+        fits = decode.fitting_iterations(self.kv.num_free_blocks())
+        return min(fits, decode.iterations_to_next_finish())
 
     def advance_decode(self, iterations: int) -> None:
         """The engine ran `iterations` pure-decode iterations: allocate their blocks, count
         their tokens and finish those that are done."""
         decode = self.decode
-        if not self.kv.allocate_decode_slots(decode.new_blocks(iterations)):
+        need = decode.new_blocks(iterations)
+        if need and not self.kv.allocate_decode_slots(need):
             raise RuntimeError(f"{self.name}: decode run over-allocated blocks")
         decode.iteration += iterations
         self.counters.iterations += iterations
@@ -169,7 +160,8 @@ class Scheduler:
         # The running requests' blocks first, decode (their tokens count at commit) and chunks,
         # as vLLM allocates them in its walk of `running` before it looks at `waiting`: what
         # they evict is gone before an admission looks up its prefix.
-        if self.decode.count and not self.kv.allocate_decode_slots(self.decode.new_blocks(1)):
+        need = self.decode.new_blocks(1)
+        if need and not self.kv.allocate_decode_slots(need):
             raise RuntimeError(f"{self.name}: decode blocks over-allocated")
         for req in chunks:
             if self.kv.allocate_slots(req, req.num_scheduled_tokens) is None:
