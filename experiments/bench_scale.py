@@ -277,7 +277,7 @@ def main() -> None:
 
     print(
         f"# scaling: {args.workload} (seed {args.seed}), {args.per_replica} programs per replica, "
-        f"horizon {args.horizon:.0f} sim-s, tool manager off, cap {args.max_wall_s:.0f} s per run",
+        f"horizon {args.horizon:g} sim-s, tool manager off, cap {args.max_wall_s:g} s per run",
         flush=True,
     )
     rows = scaling(args, write)

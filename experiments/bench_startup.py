@@ -9,7 +9,8 @@ Prints, best of --repeat, each in a fresh interpreter (wall clock of the whole p
 - `thundersim --help` and `thundersim run --help`;
 - `thundersim run` on a small trace, end to end, next to its in-loop simulation time (the run
   summary's wall_s: the simulation loop alone) and their difference (start-up + result tables
-  + output); --make-run adds `make run`'s run (traces/swe.jsonl, stp, 96 programs);
+  + output); --make-run adds `make run`'s run (traces/swe.jsonl, stp, 96 programs; its tables
+  not written: no --out);
 and which heavy libraries each of `import thundersim.cli` and the run left in sys.modules; then,
 for this checkout, who loads each heavy library in `run --help` and in the run (the first line of
 thundersim/, policies/ or engine_adapters/ whose import brought it in) and what it cost there
