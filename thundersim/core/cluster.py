@@ -107,10 +107,10 @@ class Cluster:
         self.unfinished_views: dict[str, Any] = {}  # their views, for ClusterView.programs
         # Indexes: slot -> {program id: Program}; a slot is a backend index (its ACTIVE
         # programs), PAUSED_SLOT or READY_SLOT (WAITING with its first call ready).
-        self._index: dict[int, dict[str, Program]] = {
+        self._index: dict[int | str, dict[str, Program]] = {
             i: {} for i in (PAUSED_SLOT, READY_SLOT, *range(len(self.backends)))
         }
-        self._slot: dict[str, int] = {}  # program id -> its index slot (absent: none)
+        self._slot: dict[str, int | str] = {}  # program id -> its index slot (absent: none)
         self._feeds: list[ChangeFeed] = []
         self._arrivals = 0
         self._served_on: dict[str, set[int]] = {}  # program -> backends its calls went to
@@ -154,7 +154,7 @@ class Cluster:
         for feed in self._feeds:
             feed.add(p.view)
 
-    def _programs_in(self, *slots: int) -> list[Program]:
+    def _programs_in(self, *slots: int | str) -> list[Program]:
         """The programs in the given index slots, in arrival order."""
         if len(slots) == 1:
             progs = list(self._index[slots[0]].values())
@@ -163,7 +163,7 @@ class Cluster:
         progs.sort(key=_by_arrival)
         return progs
 
-    def indexed(self, *slots: int) -> list[Any]:
+    def indexed(self, *slots: int | str) -> list[Any]:
         """Views of the programs in the given index slots, in arrival order (what
         IndexedClusterView answers with)."""
         return [p.view for p in self._programs_in(*slots)]

@@ -217,9 +217,9 @@ class IndexedClusterView(ClusterView):
         return self._cluster.subscribe()
 
 
-# The Cluster's index slots besides the per-backend ACTIVE ones (which are backend indices >= 0).
-PAUSED_SLOT = -1
-READY_SLOT = -2
+# The Cluster's index slots besides the per-backend ACTIVE ones (which are backend indices).
+PAUSED_SLOT = "paused"
+READY_SLOT = "ready"
 
 
 def active_loads(view: ClusterView, cost) -> list[float]:
