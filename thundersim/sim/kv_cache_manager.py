@@ -197,10 +197,13 @@ class KVCacheManager:
         empty."""
         pool = self.pool
         new, recompute = self.prefill_blocks(prefilling)
-        acting = sum(n for key, n in pool.lru.items() if isinstance(key, str) and is_acting(key))
-        acting += sum(
-            n for key, n in pool.pinned.items() if isinstance(key, str) and is_acting(key)
-        )
+        # The free queue's and the pins' program chains (str keys; not the shared prompts'
+        # tuples nor the Orphan runs), read in place: this runs every sample of every replica.
+        acting = 0
+        for runs in (pool.queue, pool.pinned):
+            for key, n in runs.items():
+                if isinstance(key, str) and is_acting(key):
+                    acting += n
         return {
             "decode": pool.used - new - recompute,
             "prefill": new,
