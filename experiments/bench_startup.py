@@ -17,9 +17,12 @@ thundersim/, policies/ or engine_adapters/ whose import brought it in) and what 
 (-X importtime, cumulative: a library's figure includes what it pulled in first, so they
 overlap): where to look to make start-up cheaper still.
 
---before DIR times an earlier checkout side by side (e.g. `git archive 5000b16 thundersim | tar
--x -C DIR`): its thundersim/ goes first on sys.path (policies/ and engine_adapters/ still come
-from the installed checkout, as the editable install maps them).
+--before DIR times an earlier thundersim/ side by side: it goes first on sys.path, while
+policies/ and engine_adapters/ still come from the installed checkout (the editable install maps
+them), so DIR must work with them: e.g. this checkout's thundersim/ with the CLI of before the
+lazy imports,
+    git archive HEAD thundersim | tar -x -C DIR
+    for f in thundersim/cli/*.py thundersim/api.py; do git show 383ca9b^:$f > DIR/$f; done
 
 Measured on a 2-core machine shared with other jobs: read the ratios, not the third digit.
 """
