@@ -354,3 +354,40 @@ def test_a_cut_decode_run_stops_where_the_models_own_search_says(profile):
         done, busy = eng._iterations_done_by(n, ctx0, elapsed, k_max, total)
         assert done == model.decode_iters_done_by(n, ctx0, elapsed, k_max)
         assert busy == model.decode_run_time(n, ctx0, done)
+
+
+def _digest(result) -> str:
+    """The steps and memory tables to the bit: every value's exact repr (plain Python
+    scalars, so the digest does not depend on how numpy prints its own)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for frame in (result.steps, result.memory):
+        for row in frame.itertuples(index=False, name=None):
+            h.update(repr(tuple(v.item() if hasattr(v, "item") else v for v in row)).encode())
+    return h.hexdigest()[:16]
+
+
+# Digests of the small trace's runs, recorded before the engine's speed-ups of issue 15 (its
+# loop as callbacks instead of a SimPy process, the O(block_size) skip-ahead bound, the guessed
+# boundary of a cut decode run): each of those must leave every timing, hit and sample
+# unchanged, not just close. A deliberate change of the model changes them: re-record them then
+# (and say why in the commit).
+PINNED_RUNS = {
+    ("vllm", 1, True): "f3cb01bc41b3bef7",
+    ("vllm", 1, False): "dad148da80df3bee",
+    ("vllm", 2, True): "4cc3fbaf1c7867d6",
+    ("stp", 2, True): "ecceef2e7e8b96a3",
+    ("continuum", 1, True): "ca89f81b8e52139f",
+}
+
+
+@pytest.mark.parametrize(("policy", "replicas", "skip_ahead"), list(PINNED_RUNS))
+def test_the_engines_results_are_pinned_to_the_bit(small_trace, policy, replicas, skip_ahead):
+    """Preemption (vllm at 2500 tokens), skip-ahead and the per-iteration reference, two
+    replicas, a pausing policy and TTL pins (continuum): the same tables, to the bit, as the
+    engine gave before it was made faster."""
+    result = run_sim(
+        small_trace, policy, concurrency=8, kv_tokens=2500, replicas=replicas, skip_ahead=skip_ahead
+    )
+    assert _digest(result) == PINNED_RUNS[(policy, replicas, skip_ahead)]
