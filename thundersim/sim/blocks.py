@@ -185,9 +185,8 @@ class BlockPool:
         if own_res:
             in_queue += self.queue.get(chain_key, 0)
         freed = self.pinned.get(chain_key, 0) if broken else 0  # acquire orphans a pinned run
-        return Lookup(
-            shared_hit, shared_taken, own_hit, own_res, broken, self.free - in_queue + freed
-        )
+        free = self.empty + self.orphaned + self.cached_free  # self.free
+        return Lookup(shared_hit, shared_taken, own_hit, own_res, broken, free - in_queue + freed)
 
     def acquire(self, prefix_key, chain_key, look: Lookup) -> int:
         """Take the hit blocks out of the free queue for a starting request. Returns the number
@@ -235,11 +234,14 @@ class BlockPool:
         are not enough."""
         if n <= 0:
             return True
-        if n > self.free:
+        empty = self.empty
+        if n <= empty:  # the common case: unhashed blocks at the front suffice
+            self.empty = empty - n
+            return True
+        if n > empty + self.orphaned + self.cached_free:  # self.free
             return False
-        take = min(n, self.empty)
-        self.empty -= take
-        n -= take
+        self.empty = 0
+        n -= empty
         queue, resident = self.queue, self.resident
         while n:
             key, count = next(iter(queue.items()))

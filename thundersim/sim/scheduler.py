@@ -109,12 +109,14 @@ class Scheduler:
         blocks of its whole remaining prompt must be free (less `reserved` ones still to be
         allocated this iteration), and the budget must leave it a chunk.
         Returns (hit, hit tokens, chunk) or None."""
-        hit, hit_tokens = self.kv.get_computed_blocks(req)
-        chunk = min(req.num_tokens - hit_tokens, budget)
+        kv = self.kv
+        hit, hit_tokens = kv.get_computed_blocks(req)
+        remaining = req.num_tokens - hit_tokens
+        chunk = min(remaining, budget)
         if chunk <= 0:
             return None
-        need = self.kv.num_new_blocks(req, req.num_tokens - hit_tokens, hit) + reserved
-        if need > self.kv.num_free_blocks(hit):
+        need = kv.num_new_blocks(req, remaining, hit) + reserved
+        if need > kv.num_free_blocks(hit):
             return None
         return hit, hit_tokens, chunk
 
