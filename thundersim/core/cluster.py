@@ -324,7 +324,7 @@ class Cluster:
         call = program.call(i)
         # The previous call computed its prompt and all but its last output token (none of it
         # survives a context reset).
-        same_chain = i > 0 and call.epoch == program.call(i - 1).epoch
+        same_chain = i > 0 and call.epoch == program.epoch_of(i - 1)
         known = program.context_tokens - 1 if same_chain else 0
         program.context_tokens = call.prompt_tokens
         backend = program.backend

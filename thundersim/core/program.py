@@ -124,9 +124,16 @@ class Program:
         step = spec.steps[i]
         return Call(spec.prompt_tokens(i), step.output_tokens, step.tool, spec.epoch(i))
 
+    # call(i)'s prompt length and epoch without building the Call (read on every event)
+    def prompt_tokens_of(self, i: int) -> int:
+        return self.spec.prompt_tokens(i)
+
+    def epoch_of(self, i: int) -> int:
+        return self.spec.epoch(i)
+
     def next_prompt_tokens(self) -> int:
         """Context length of the next LLM call (what it will hold once prefilled)."""
-        return self.call(self.step).prompt_tokens if self.has_call(self.step) else 0
+        return self.prompt_tokens_of(self.step) if self.has_call(self.step) else 0
 
     def __repr__(self) -> str:
         return (
@@ -163,6 +170,12 @@ class OpenProgram(Program):
 
     def call(self, i: int) -> Call:
         return self._calls[i]
+
+    def prompt_tokens_of(self, i: int) -> int:
+        return self._calls[i].prompt_tokens
+
+    def epoch_of(self, i: int) -> int:
+        return self._calls[i].epoch
 
     def add_call(self, call: Call) -> None:
         """The agent's next call (the Cluster is told with `request`)."""
