@@ -2,7 +2,7 @@
 
     python experiments/bench_scale.py [--replicas 1,2,4,8,16,32,64] [--policies vllm,stp,continuum]
         [--per-replica 96] [--horizon 600] [--max-wall-s 600] [--workload swe] [--seed 0]
-        [--coupling] [--coupling-replicas 1,2,4,8] [--out runs/bench_scale.csv]
+        [--repeat 1] [--coupling] [--coupling-replicas 1,2,4,8] [--out runs/bench_scale.csv]
 
 Every configuration simulates the same span (a horizon run of --horizon simulated seconds: the
 closed loop recycles the trace, so it never drains) with --per-replica programs in the system
@@ -16,6 +16,8 @@ hanging; a policy's larger fleets are then skipped (they would be slower still).
 Printed per configuration (one pandas table, also written as CSV with --out):
 - loop_wall_s: the simulation loop (the summary's wall_s); wall_s: the whole `simulate()` call,
   the loop and the result tables (DataFrames), a cost per run that does not grow with the span;
+  cpu_s: the CPU time of that call (process time: what a machine shared with other work
+  disturbs least); with --repeat N each is the least of N runs;
 - sim_s_per_wall_s: simulated seconds per loop wall second (sim_s_per_wall_s_total: per
   `simulate()` second);
 - llm_calls_per_wall_s: completed LLM calls (steps: one call and its tool each) per loop wall s;
@@ -23,8 +25,8 @@ Printed per configuration (one pandas table, also written as CSV with --out):
 - peak_rss_mb: the subprocess's peak resident memory (getrusage), rss_before_mb the same just
   before `simulate()` (interpreter, imports, the generated trace);
 and per policy the exponent of wall time against fleet size, the slope of a least-squares line
-through log(wall) against log(replicas) (numpy), of the loop and of the whole call: 1 is
-linear, what a fleet of independent replicas costs; above 1, the fleet's coupling costs more
+through log(wall) against log(replicas) (numpy), of the loop, of the whole call and of its CPU
+time: 1 is linear, what a fleet of independent replicas costs; above 1, the fleet's coupling costs more
 than its size.
 
 --coupling also measures what the coupling costs. Replicas interact only through the global
@@ -76,14 +78,15 @@ def run_one(job: dict) -> dict:
         tool_manager=None,
     )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     result = simulate(specs, make_policy(job["policy"]), config, trace_name=job["workload"])
-    wall = time.perf_counter() - t1
+    wall, cpu = time.perf_counter() - t1, time.process_time() - c1
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     s = result.summary
     return {
         "wall_s": wall,
         "loop_wall_s": s["wall_s"],
+        "cpu_s": cpu,
         "gen_s": gen_s,
         "simulated_s": s["simulated_s"],
         "llm_calls": s["steps_completed"],
@@ -93,6 +96,20 @@ def run_one(job: dict) -> dict:
         "rss_before_mb": rss_before / 1024,
         "interrupted": s["interrupted"],
     }
+
+
+TIMES = ("wall_s", "loop_wall_s", "cpu_s", "process_s")
+
+
+def best_of(job: dict, max_wall_s: float, repeat: int) -> dict:
+    """spawn `repeat` times: each time the least of the runs; stops at the first that fails."""
+    best: dict = {}
+    for _ in range(max(repeat, 1)):
+        m = spawn(job, max_wall_s)
+        if m["status"] != "ok":
+            return m
+        best = m if not best else {**m, **{k: min(m[k], best[k]) for k in TIMES}}
+    return best
 
 
 def spawn(job: dict, max_wall_s: float) -> dict:
@@ -158,7 +175,7 @@ def scaling(args, write) -> list[dict]:
                 "workload": args.workload,
                 "horizon": args.horizon,
             }
-            row = _row(policy, r, n, spawn(job, args.max_wall_s))
+            row = _row(policy, r, n, best_of(job, args.max_wall_s, args.repeat))
             rows.append(row)
             if row["status"] == "timeout":
                 stopped_at = f"{r} replicas"
@@ -180,7 +197,7 @@ def coupling(args) -> list[dict]:
                 "workload": args.workload,
                 "horizon": args.horizon,
             }
-            fleet = spawn({**base, "replicas": r}, args.max_wall_s)
+            fleet = best_of({**base, "replicas": r}, args.max_wall_s, args.repeat)
             parts = []
             for i in range(r):
                 part = {
@@ -188,7 +205,7 @@ def coupling(args) -> list[dict]:
                     "replicas": 1,
                     "slice": [i * args.per_replica, (i + 1) * args.per_replica],
                 }
-                parts.append(spawn(part, args.max_wall_s))
+                parts.append(best_of(part, args.max_wall_s, args.repeat))
                 if parts[-1]["status"] != "ok":
                     break
             ok = fleet["status"] == "ok" and all(p["status"] == "ok" for p in parts)
@@ -199,6 +216,8 @@ def coupling(args) -> list[dict]:
                 "independent_loop_s_sum": sum(p["loop_wall_s"] for p in parts) if ok else None,
                 "fleet_wall_s": fleet.get("wall_s"),
                 "independent_wall_s_sum": sum(p["wall_s"] for p in parts) if ok else None,
+                "fleet_cpu_s": fleet.get("cpu_s"),
+                "independent_cpu_s_sum": sum(p["cpu_s"] for p in parts) if ok else None,
                 "fleet_llm_calls": fleet.get("llm_calls"),
                 "independent_llm_calls": sum(p["llm_calls"] for p in parts) if ok else None,
                 "status": "ok"
@@ -210,6 +229,9 @@ def coupling(args) -> list[dict]:
             )
             row["total_fleet_over_independent"] = (
                 row["fleet_wall_s"] / row["independent_wall_s_sum"] if ok else None
+            )
+            row["cpu_fleet_over_independent"] = (
+                row["fleet_cpu_s"] / row["independent_cpu_s_sum"] if ok else None
             )
             # the fleet and the slices do not complete the same calls (the router places them):
             # loop seconds per completed call, fleet over independent
@@ -257,6 +279,7 @@ def main() -> None:
     ap.add_argument("--max-wall-s", type=float, default=600.0, help="cap per configuration")
     ap.add_argument("--workload", default="swe", help="thundersim's generator")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per configuration (least kept)")
     ap.add_argument("--coupling", action="store_true", help="also fleet vs independent replicas")
     ap.add_argument(
         "--coupling-replicas", type=_ints, default=None, help="(default: --replicas up to 8)"
@@ -289,6 +312,7 @@ def main() -> None:
         "status",
         "loop_wall_s",
         "wall_s",
+        "cpu_s",
         "sim_s_per_wall_s",
         "sim_s_per_wall_s_total",
         "llm_calls_per_wall_s",
@@ -304,12 +328,13 @@ def main() -> None:
         ok = group[group.status == "ok"]
         fits = [
             exponent(ok.replicas.tolist(), ok[col].tolist()) if len(ok) else None
-            for col in ("loop_wall_s", "wall_s")
+            for col in ("loop_wall_s", "wall_s", "cpu_s")
         ]
-        loop_k, total_k = ("-" if k is None else f"{k:.2f}" for k in fits)
+        loop_k, total_k, cpu_k = ("-" if k is None else f"{k:.2f}" for k in fits)
         sizes = ",".join(str(r) for r in ok.replicas)
         print(
-            f"{policy:10s} loop k = {loop_k}, simulate() k = {total_k}  (replicas {sizes or 'none'})"
+            f"{policy:10s} loop k = {loop_k}, simulate() k = {total_k}, its CPU k = {cpu_k}"
+            f"  (replicas {sizes or 'none'})"
         )
     if args.coupling:
         print("\n# coupling: the fleet run vs its replicas run independently (sum of walls)")
