@@ -63,14 +63,15 @@ _CHILD = """
 import json, os, sys, time
 tree = sys.argv[1]
 import __editable___thundersim_0_1_0_finder as finder
-finder.MAPPING = {k: v.replace(sys.argv[2], tree) for k, v in finder.MAPPING.items()}
+base = os.path.dirname(finder.MAPPING["thundersim"])  # the tree the venv was installed from
+finder.MAPPING = {k: tree + v[len(base):] for k, v in finder.MAPPING.items()}
 sys.path.insert(0, tree)
 os.chdir(tree)
 from thundersim.policies import make_policy
 from thundersim.sim.catalog import make_setup
 from thundersim.sim.simulate import RunConfig, simulate
 from thundersim.traces.loader import load_trace
-policy, replicas, repeat, trace = sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+policy, replicas, repeat, trace = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 specs = load_trace(trace)
 best = None
 for _ in range(repeat):
@@ -86,10 +87,8 @@ print(json.dumps({"wall": best[0], "cpu": best[1], "sim": s["simulated_s"],
 
 
 def _child_run(tree: Path, policy: str, replicas: int, repeat: int, trace: str) -> dict:
-    root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(tree), str(root), policy, str(replicas), str(repeat)]
-        + [trace],
+        [sys.executable, "-c", _CHILD, str(tree), policy, str(replicas), str(repeat), trace],
         capture_output=True,
         text=True,
         check=True,
