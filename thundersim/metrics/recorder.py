@@ -122,6 +122,9 @@ class Recorder:
         self._last_state: list[dict[str, float]] | None = None
         self._calls: dict[str, tuple[Usage, int]] = {}
         self._unfinished: dict[str, Program] = {}
+        # _is_acting's memo: KV chain key -> its unfinished program, and each program's keys
+        self._chain_owner: dict[str, Program] = {}
+        self._owned_chains: dict[str, list[str]] = {}
 
     # ---- ClusterObserver -----------------------------------------------------------------
     def on_arrival(self, program: Program) -> None:
@@ -168,6 +171,8 @@ class Recorder:
 
     def on_program_done(self, program: Program) -> None:
         del self._unfinished[program.id]
+        for key in self._owned_chains.pop(program.id, ()):
+            del self._chain_owner[key]
         if self.journal is None:
             self.finished.append(program)
         else:
@@ -186,8 +191,16 @@ class Recorder:
 
     # ---- sampling ------------------------------------------------------------------------
     def _is_acting(self, key: Any) -> bool:
-        p = self._unfinished.get(chain_program(key)) if isinstance(key, str) else None
-        return p is not None and p.phase is Phase.ACTING
+        # Every sample asks this of every cached chain of every replica: the chain's program is
+        # looked up once, then kept until the program finishes (on_program_done).
+        p = self._chain_owner.get(key)
+        if p is None:
+            p = self._unfinished.get(chain_program(key)) if isinstance(key, str) else None
+            if p is None:
+                return False
+            self._chain_owner[key] = p
+            self._owned_chains.setdefault(p.id, []).append(key)
+        return p.phase is Phase.ACTING
 
     def _withheld_min(self) -> float:
         """Smallest prompt among the ready calls the policy withholds (programs WAITING or
