@@ -140,6 +140,8 @@ class HeldBackend:
         self.capacity_tokens = capacity
         self.calls: dict[str, tuple] = {}  # program -> (request, on_done, on_failure)
         self.served = 0
+        self.pinned: set[str] = set()
+        self.unpinned: list[str] = []
 
     def submit(self, request, on_done, on_failure):
         self.calls[request.program_id] = (request, on_done, on_failure)
@@ -151,10 +153,11 @@ class HeldBackend:
         )
 
     def pin(self, program_id, ttl_s):
-        pass
+        self.pinned.add(program_id)
 
     def unpin(self, program_id):
-        pass
+        self.unpinned.append(program_id)
+        self.pinned.discard(program_id)
 
 
 class Quiet(Policy):
@@ -326,3 +329,25 @@ def test_a_paused_acting_program_that_fits_is_restored_behind_one_that_does_not(
     kept, twin = make_policy("stp"), make_policy("stp")
     assert kept.on_tick(cluster.view) == twin.on_tick(ClusterView(cluster)) == [Restore("old", 0)]
     assert kept._tracked is not None and twin._tracked is None
+
+
+def test_a_finished_program_is_unpinned_on_the_backends_its_calls_went_to_only():
+    """Finishing a program costs the backends it used, not the fleet: its pins can only be on
+    one of those (a Pin goes to the backend of its last call)."""
+    clock = ManualClock()
+    backends = [HeldBackend(i, 50_000) for i in range(4)]
+    cluster = Cluster(clock, backends, Quiet())
+    p = Program(make_program("p", [(10, 10, 1.0), (10, 10, 0.0)]), 0)
+    cluster.arrive(p)
+    cluster._apply([Restore("p", 1)])
+    for b in (1, 3):  # its first call on backend 1, the second routed to 3, pinned there
+        if b == 3:
+            cluster._apply([Route("p", 3)])
+        cluster.request(p)
+        request, on_done, _ = backends[b].calls.pop("p")
+        on_done(Usage(request.prompt_tokens, 0, request.output_tokens))
+    cluster._apply([Pin("p", 30.0)])
+    assert backends[3].pinned == {"p"}
+    cluster.finish(p)
+    assert [b.unpinned for b in backends] == [[], ["p"], [], ["p"]]
+    assert backends[3].pinned == set()

@@ -121,7 +121,10 @@ class Backend(Protocol):
     alive: bool  # False once the replica is down: policies must not place programs on it
 
     @property
-    def capacity_tokens(self) -> int: ...
+    def capacity_tokens(self) -> int:
+        """The same number as `stats().capacity_tokens`: the Cluster's backend views read it
+        here, so a policy that needs only capacities never makes the engine build its stats."""
+        ...
 
     def submit(
         self,

@@ -1,7 +1,8 @@
 """The Policy contract: callbacks that read a view of the cluster and return decisions.
 
-A policy never touches an engine. Each callback gets a `ClusterView` (now, programs, backends)
-and returns a list of decisions; the Cluster checks each one against the program's state and
+A policy never touches an engine. Each callback gets a `ClusterView` (now, programs, backends;
+and, so a callback need not scan every program, the ACTIVE programs of a backend, the PAUSED and
+the ready WAITING ones, and a feed of the programs that changed) and returns a list of decisions; the Cluster checks each one against the program's state and
 applies it, in simulation and live alike. Callbacks are synchronous and do no I/O.
 
 Decisions:
