@@ -117,7 +117,8 @@ class Cluster:
         # Backend views: built once; stats read at most once per policy callback (`_epoch`).
         self._epoch = 0
         self._stats_memo: dict[int, tuple[int, Any]] = {}
-        self._lazy_views = [LazyBackendView(b, self._stats_of) for b in self.backends]
+        # a tuple: every callback gets the same one, so no policy may reorder it for the next
+        self._lazy_views = tuple(LazyBackendView(b, self._stats_of) for b in self.backends)
         self.view = self.view_class(self)
         self.withheld = 0  # programs with a ready call that the policy withholds
         self.finished_count = 0  # programs that finished (forgotten ones included)
@@ -184,7 +185,7 @@ class Cluster:
             memo = self._stats_memo[index] = (self._epoch, self.backends[index].stats())
         return memo[1]
 
-    def lazy_backend_views(self) -> list[LazyBackendView]:
+    def lazy_backend_views(self) -> tuple[LazyBackendView, ...]:
         return self._lazy_views
 
     def backend_views(self) -> list[BackendView]:
