@@ -83,7 +83,8 @@ class ClusterObserver(Protocol):
 class Cluster:
     """Every change of a program's state goes through `_touch`, which keeps the indexes the
     policies' view reads (ACTIVE programs per backend, PAUSED ones, ready WAITING ones) and
-    tells every change feed; nothing else in thundersim writes a program's state."""
+    tells every change feed; nothing else in thundersim writes a program's status, backend,
+    phase, pending, in_flight, step or context (the Driver writes only its timestamps)."""
 
     # The view policies get. ClusterView (recomputing everything per call) is the reference the
     # indexed one is tested against (tests/test_incremental_views.py swaps it in).
