@@ -11,7 +11,6 @@ excess, and reasoning programs are added only for what acting ones cannot cover.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 from thundersim.core.program import Phase, ProgramView
 from thundersim.policies.registry import register
@@ -26,6 +25,10 @@ def min_square_cover(sizes: list[float], need: float) -> list[int]:
     if sum(sizes) < need:
         return list(range(len(sizes)))
     c = np.asarray(sizes, dtype=float)
+    # scipy (0.3-0.7 s to import) only once the solver is asked: the policy registry imports
+    # this module for every run
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
     res = milp(
         c=c * c,
         constraints=LinearConstraint(c[None, :], lb=need, ub=np.inf),

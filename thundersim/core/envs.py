@@ -35,9 +35,10 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where tables are built, not at start-up
+    import pandas as pd
 
 from thundersim.core.environment import Env, EnvProvider, EnvState
 from thundersim.traces.schema import EnvSpec, ProgramSpec
@@ -204,12 +205,16 @@ class EnvManager:
 
     # ---- tables ------------------------------------------------------------------------------
     def usage_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(
             self._usage,
             columns=["t", "disk_bytes", "ports", "envs", "preparing", "waiting", "finished"],
         )
 
     def preps_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         rows = [
             (
                 e.program_id,

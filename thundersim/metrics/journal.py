@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where tables are built, not at start-up
+    import pandas as pd
 
 # provenance: estimate — rows buffered before a write: a few hundred rows is one small write per
 # second at thousands of calls per minute, and at most that many rows lost to a SIGKILL
@@ -52,6 +54,8 @@ class Journal:
 
     def frame(self, name: str) -> pd.DataFrame:
         """The table so far (an empty one with its columns if it has no rows)."""
+        import pandas as pd
+
         self.flush()
         if self.rows[name] == 0:
             return pd.DataFrame(columns=self.columns[name])

@@ -11,8 +11,10 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where tables are built, not at start-up
+    import pandas as pd
 
 from thundersim.metrics.recorder import STP_TERMS, quantile, write_tables
 from thundersim.metrics.window import measure
