@@ -37,6 +37,8 @@ from thundersim.core.cluster import chain_program
 from thundersim.core.program import Phase, Program, Status
 from thundersim.metrics.bound import unused_bound
 
+_UNKNOWN = object()  # Recorder._is_acting: a chain not in its memo
+
 STP_TERMS = ("decode", "prefill", "recompute", "caching", "unused")
 KV_CATEGORIES = STP_TERMS + ("idle",)
 
@@ -122,14 +124,17 @@ class Recorder:
         self._last_state: list[dict[str, float]] | None = None
         self._calls: dict[str, tuple[Usage, int]] = {}
         self._unfinished: dict[str, Program] = {}
-        # _is_acting's memo: KV chain key -> its unfinished program, and each program's keys
-        self._chain_owner: dict[str, Program] = {}
-        self._owned_chains: dict[str, list[str]] = {}
+        # _is_acting's memo: KV chain key -> its program while unfinished (None: none is), and
+        # each program id's keys in it
+        self._chain_owner: dict[str, Program | None] = {}
+        self._chains_of: dict[str, list[str]] = {}
 
     # ---- ClusterObserver -----------------------------------------------------------------
     def on_arrival(self, program: Program) -> None:
         self.programs[program.id] = program
         self._unfinished[program.id] = program
+        for key in self._chains_of.pop(program.id, ()):
+            del self._chain_owner[key]  # remembered as no unfinished program's: now it is one
 
     def on_call_done(self, program: Program, usage: Usage, backend: int) -> None:
         self._calls[program.id] = (usage, backend)
@@ -171,8 +176,8 @@ class Recorder:
 
     def on_program_done(self, program: Program) -> None:
         del self._unfinished[program.id]
-        for key in self._owned_chains.pop(program.id, ()):
-            del self._chain_owner[key]
+        for key in self._chains_of.get(program.id, ()):
+            self._chain_owner[key] = None  # no unfinished program's now
         if self.journal is None:
             self.finished.append(program)
         else:
@@ -191,16 +196,21 @@ class Recorder:
 
     # ---- sampling ------------------------------------------------------------------------
     def _is_acting(self, key: Any) -> bool:
-        # Every sample asks this of every cached chain of every replica: the chain's program is
-        # looked up once, then kept until the program finishes (on_program_done).
-        p = self._chain_owner.get(key)
-        if p is None:
-            p = self._unfinished.get(chain_program(key)) if isinstance(key, str) else None
-            if p is None:
+        # Every sample asks this of every cached chain of every replica, most of them chains of
+        # programs long finished (their blocks stay cached until evicted): the answer's lookup,
+        # `_unfinished.get(chain_program(key))`, is remembered per chain and redone only when
+        # its program arrives or finishes (on_arrival, on_program_done).
+        p = self._chain_owner.get(key, _UNKNOWN)
+        if p is _UNKNOWN:
+            if not isinstance(key, str):
                 return False
-            self._chain_owner[key] = p
-            self._owned_chains.setdefault(p.id, []).append(key)
-        return p.phase is Phase.ACTING
+            if len(self._chain_owner) >= 1 << 17:  # a bound on the memo, not a model constant
+                self._chain_owner.clear()
+                self._chains_of.clear()
+            pid = chain_program(key)
+            p = self._chain_owner[key] = self._unfinished.get(pid)
+            self._chains_of.setdefault(pid, []).append(key)
+        return p is not None and p.phase is Phase.ACTING
 
     def _withheld_min(self) -> float:
         """Smallest prompt among the ready calls the policy withholds (programs WAITING or
