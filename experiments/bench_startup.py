@@ -7,6 +7,9 @@ Prints, best of --repeat, each in a fresh interpreter (wall clock of the whole p
 - `python -c pass`: the interpreter alone, the floor under every row;
 - `import thundersim.cli`: what every command and every `--help` pays first;
 - `thundersim --help` and `thundersim run --help`;
+- `thundersim run` on a small trace: its start-up (process start to the simulation loop's first
+  entry: the `python -c pass` floor plus the CLI's time to the loop, measured by wrapping the
+  loop);
 - `thundersim run` on a small trace, end to end, next to its in-loop simulation time (the run
   summary's wall_s: the simulation loop alone) and their difference (start-up + result tables
   + output); --make-run adds `make run`'s run (traces/swe.jsonl, stp, 96 programs; its tables
@@ -52,6 +55,22 @@ HEAVY = (
     "asyncio",
 )
 CLI = "from thundersim.cli import main; main()"
+# The CLI, reporting on stderr when the simulation loop is first entered (seconds since this
+# code began: add the `python -c pass` floor for the time since the process started). The
+# loop's module is imported first to wrap it, which a run imports before its loop anyway.
+CLI_TO_LOOP = """
+import sys, time
+t0 = time.perf_counter()
+import thundersim.sim.simulate as _s
+_loop = _s._run_until_done
+def _entered(*a, **k):
+    sys.stderr.write(f"LOOP_AT {time.perf_counter() - t0:.6f}\\n")
+    sys.stderr.flush()
+    return _loop(*a, **k)
+_s._run_until_done = _entered
+from thundersim.cli import main
+main()
+"""
 
 
 def _env(tree: Path | None) -> dict:
@@ -147,6 +166,20 @@ def _import_costs(importtime: str) -> dict[str, float]:
     return cost
 
 
+def to_loop(argv: list[str], repeat: int, tree: Path | None) -> float:
+    """Least time from the start of `argv` (python -c CLI_TO_LOOP ...) to its loop, over
+    `repeat` fresh processes (the interpreter's own start not included)."""
+    argv = [argv[0], argv[1], _code(argv[2], tree), *argv[3:]]
+    best = float("inf")
+    for _ in range(repeat):
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=_env(tree))
+        marks = [line for line in done.stderr.splitlines() if line.startswith("LOOP_AT ")]
+        if done.returncode != 0 or not marks:
+            raise SystemExit(f"{' '.join(argv)} failed or never looped:\n{done.stderr[-2000:]}")
+        best = min(best, float(marks[0].split()[1]))
+    return best
+
+
 def measure(tree: Path | None, args) -> dict:
     py = sys.executable
     run_args = ["run", "--trace", args.trace, "--concurrency", str(args.concurrency)]
@@ -166,6 +199,9 @@ def measure(tree: Path | None, args) -> dict:
         e2e, out = best_of([py, "-c", CLI, *argv], args.repeat, tree)
         summary = json.loads(out)
         rows[f"thundersim {name}: end to end"] = e2e
+        rows[f"thundersim {name}: start-up (process start to the loop)"] = rows[
+            "python -c pass"
+        ] + to_loop([py, "-c", CLI_TO_LOOP, *argv], args.repeat, tree)
         rows[f"thundersim {name}: in-loop simulation"] = summary["wall_s"]
         rows[f"thundersim {name}: all but the loop"] = e2e - summary["wall_s"]
         rows[f"thundersim {name}: simulated s"] = summary["simulated_s"]

@@ -499,3 +499,34 @@ def test_reset_must_be_a_boolean(tmp_path):
     )
     with pytest.raises(TraceError, match=r":1: .*steps\[0\]\.reset"):
         load_trace(path)
+
+
+def test_the_one_pass_step_check_agrees_with_the_field_by_field_one():
+    """schema._step_of accepts the common valid step in one pass and sends anything else the
+    long way: for valid and invalid steps alike, the result (or the error) is the same."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from thundersim.traces import schema
+
+    value = st.one_of(
+        st.integers(-5, 10**9), st.floats(allow_nan=True), st.booleans(), st.none(),
+        st.text(max_size=3), st.just(""), st.just(0), st.just(1), st.just(2.5),
+    )  # fmt: skip
+    keys = st.sampled_from([*schema._STEP_KEYS, "other"])
+    steps = st.one_of(st.dictionaries(keys, value, max_size=6), value)
+
+    def outcome(f, raw):
+        try:
+            return ("ok", f(raw, "t:1", "steps[0]"))
+        except ValueError as exc:
+            return ("error", str(exc))
+
+    @settings(max_examples=400, deadline=None)
+    @given(steps)
+    def agree(raw):
+        assert outcome(schema._step_of, raw) == outcome(schema._step_checked, raw)
+
+    agree()
+    valid = {"input_tokens": 5, "output_tokens": 2, "tool": "bash", "tool_s": 1.5}
+    assert schema._step_of(valid, "t:1", "s") == schema._step_checked(valid, "t:1", "s")

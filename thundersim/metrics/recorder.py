@@ -27,15 +27,17 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from thundersim.core.backend import Backend, KVIntrospection, Usage
 from thundersim.core.cluster import chain_program
 from thundersim.core.program import Phase, Program, Status
 from thundersim.metrics.bound import unused_bound
+
+if TYPE_CHECKING:  # pandas is imported where tables are built, not at start-up
+    import pandas as pd
 
 _UNKNOWN = object()  # Recorder._is_acting: a chain not in its memo
 
@@ -367,11 +369,15 @@ class Recorder:
 
     # ---- tables ----------------------------------------------------------------------------
     def steps_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         if self.journal is not None:
             return self.journal.frame("steps")
         return pd.DataFrame(self.steps, columns=STEP_COLUMNS)
 
     def programs_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         rows = pd.DataFrame(
             [_program_row(p) for p in self.programs.values()], columns=PROGRAM_COLUMNS
         )
@@ -381,6 +387,8 @@ class Recorder:
         return pd.concat([done, rows], ignore_index=True) if len(rows) else done
 
     def memory_frame(self) -> pd.DataFrame:
+        import pandas as pd
+
         if self.journal is not None:
             return self.journal.frame("memory")
         return pd.DataFrame(self.memory, columns=MEMORY_COLUMNS)

@@ -369,7 +369,34 @@ def _steps_of(raw_steps: Any, where: str) -> tuple[StepSpec, ...]:
     return tuple(_step_of(raw, where, f"steps[{index}]") for index, raw in enumerate(raw_steps))
 
 
+_STEP_KEY_SET = frozenset(_STEP_KEYS)
+_REQUIRED_STEP_SET = frozenset(_REQUIRED_STEP)
+
+
 def _step_of(raw: Any, where: str, name: str) -> StepSpec:
+    # A valid step, checked in one pass (a trace has thousands; building every field's name
+    # for an error that does not happen was half of `make run`'s start-up). Anything this does
+    # not accept goes the long way below, which names the first bad field.
+    if type(raw) is dict and _REQUIRED_STEP_SET <= raw.keys() <= _STEP_KEY_SET:
+        i, o, tool, tool_s = raw["input_tokens"], raw["output_tokens"], raw["tool"], raw["tool_s"]
+        reset = raw.get("reset", False)
+        if (
+            type(i) is int
+            and 1 <= i <= MAX_TOKENS
+            and type(o) is int
+            and 1 <= o <= MAX_TOKENS
+            and type(tool) is str
+            and (type(tool_s) is float or type(tool_s) is int)
+            and 0 <= tool_s <= MAX_SECONDS  # NaN fails both: the long way reports it
+            and (tool or not tool_s)
+            and type(reset) is bool
+            and not _BAD_CHARS.search(tool)
+        ):
+            return StepSpec(i, o, tool, float(tool_s), reset)
+    return _step_checked(raw, where, name)
+
+
+def _step_checked(raw: Any, where: str, name: str) -> StepSpec:
     _check_keys(raw, _STEP_KEYS, _REQUIRED_STEP, where, name)
     # Every call sends at least one new token (the user turn or a tool observation), and
     # an engine always generates at least one token.
