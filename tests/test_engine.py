@@ -391,3 +391,32 @@ def test_the_engines_results_are_pinned_to_the_bit(small_trace, policy, replicas
         small_trace, policy, concurrency=8, kv_tokens=2500, replicas=replicas, skip_ahead=skip_ahead
     )
     assert _digest(result) == PINNED_RUNS[(policy, replicas, skip_ahead)]
+
+
+def test_gauges_are_the_stats_gauges():
+    """SimBackend.gauges() (what routers read of every backend per call) says what stats()
+    says, through a run with preemption."""
+    from thundersim.policies import make_policy
+    from thundersim.sim.catalog import make_setup
+    from thundersim.sim.simulate import RunConfig, simulate
+    from thundersim.traces.loader import load_trace
+
+    seen = []
+    from thundersim.sim import engine as engine_mod
+
+    original = engine_mod.SimBackend.gauges
+
+    def checked(self):
+        g = original(self)
+        s = self.stats()
+        seen.append(g == (s.used_tokens, s.running, s.waiting))
+        return g
+
+    engine_mod.SimBackend.gauges = checked
+    try:
+        specs = load_trace("traces/swe.jsonl")[:24]
+        simulate(specs, make_policy("vllm"), RunConfig(setup=make_setup(), replicas=2, concurrency=24,
+                                          tool_manager=None))  # fmt: skip
+    finally:
+        engine_mod.SimBackend.gauges = original
+    assert len(seen) > 100 and all(seen)

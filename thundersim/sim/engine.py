@@ -227,6 +227,11 @@ class SimBackend:
         sched = self.scheduler
         return engine_stats(self.counters, self.kv, len(sched.running), len(sched.waiting))
 
+    def gauges(self) -> tuple[int, int, int]:
+        """(used_tokens, running, waiting) as `stats()` has them, without building the rest."""
+        sched = self.scheduler
+        return self.kv.pool.used * self.kv.block_size, len(sched.running), len(sched.waiting)
+
     async def connect(self) -> None:
         """Nothing to connect to: the replica exists from construction."""
 
