@@ -175,6 +175,20 @@ TABLES: tuple[Table, ...] = (
             Col("default", "default"),
         ),
     ),
+    # README "Results so far": the simulator's speed by fleet size (experiments/bench_scale.py)
+    Table(
+        name="fleet_scale",
+        source="experiments/results/scale.csv",
+        where={"replicas": (1, 4, 16, 32, 64)},
+        columns=(
+            Col("policy", "policy", template="`{}`"),
+            Col("replicas", "replicas", fmt=",.0f"),
+            Col("programs", "concurrency", fmt=",.0f"),
+            Col("sim-s per wall-s (loop)", "sim_s_per_wall_s", fmt=",.0f"),
+            Col("LLM calls per wall-s", "llm_calls_per_wall_s", fmt=",.0f"),
+            Col("peak RSS (MB)", "peak_rss_mb", fmt=",.0f"),
+        ),
+    ),
     # README "serve": the proxy against direct calls, engine bound or not
     # (experiments/bench_serve_rotation.py)
     Table(

@@ -104,9 +104,26 @@ class LazyBackendView:
     def _stats(self):
         return self._memo(self.index)
 
-    used_tokens = property(lambda s: s._gauges()[0] if s._gauges else s._stats().used_tokens)
-    running = property(lambda s: s._gauges()[1] if s._gauges else s._stats().running)
-    waiting = property(lambda s: s._gauges()[2] if s._gauges else s._stats().waiting)
+    @property
+    def used_tokens(self) -> int:
+        if self._gauges is None:
+            return self._stats().used_tokens
+        used, _running, _waiting = self._gauges()
+        return used
+
+    @property
+    def running(self) -> int:
+        if self._gauges is None:
+            return self._stats().running
+        _used, running, _waiting = self._gauges()
+        return running
+
+    @property
+    def waiting(self) -> int:
+        if self._gauges is None:
+            return self._stats().waiting
+        _used, _running, waiting = self._gauges()
+        return waiting
 
     def __repr__(self) -> str:
         return f"LazyBackendView({self.index}, {self.name}, alive={self.alive})"
