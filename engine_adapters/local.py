@@ -161,6 +161,10 @@ class LocalEngines:
     cpus: str | None = None
     started: list[Replica] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # a bad CPU list is refused here, before anything is written or started
+        self._bind = None if self.cpus is None else parse_cpus(self.cpus)
+
     @property
     def max_model_len(self) -> int:
         """vLLM refuses to start if one request of max length cannot fit in the KV pool."""
@@ -204,9 +208,8 @@ class LocalEngines:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setdefault("VLLM_CACHE_ROOT", str((self.workdir / "cache").resolve()))
         env.setdefault("TORCHINDUCTOR_CACHE_DIR", str((self.workdir / "inductor").resolve()))
-        bind = None
+        bind = self._bind
         if self.cpus is not None:
-            bind = parse_cpus(self.cpus)
             # vLLM binds its worker's OpenMP threads itself; give it the same CPUs, else its
             # "auto" binding reserves one of them for a scheduler that is already there
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", self.cpus)

@@ -34,6 +34,12 @@ def test_a_cpu_this_machine_lacks_is_named():
         parse_cpus(f"0,{missing}")
 
 
+def test_local_engines_refuse_a_bad_list_when_made(tmp_path):
+    with pytest.raises(ValueError, match="not among"):
+        LocalEngines(workdir=tmp_path / "engines", cpus="9999")
+    assert not (tmp_path / "engines").exists()
+
+
 def test_engine_up_refuses_a_bad_list_before_starting_anything(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["engine", "up", "--cpus", "9999"])

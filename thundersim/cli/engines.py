@@ -177,22 +177,20 @@ def engine_up(
     extra: list[str] | None = typer.Argument(None, help="Extra vLLM server arguments."),
 ) -> None:
     """Start local vLLM servers, print one URL per replica, stay until SIGINT/SIGTERM."""
-    from thundersim.engine_adapters.local import LocalEngines, parse_cpus
+    from thundersim.engine_adapters.local import LocalEngines
 
-    if cpus is not None:
-        try:
-            parse_cpus(cpus)
-        except ValueError as exc:
-            fail(str(exc), code=2)
-    engines = LocalEngines(
-        cpus=cpus,
-        chat=chat,
-        replicas=replicas,
-        port=port,
-        kv_blocks=kv_blocks or None,
-        model=model,
-        extra_args=tuple(extra or ()),
-    )
+    try:
+        engines = LocalEngines(
+            cpus=cpus,
+            chat=chat,
+            replicas=replicas,
+            port=port,
+            kv_blocks=kv_blocks or None,
+            model=model,
+            extra_args=tuple(extra or ()),
+        )
+    except ValueError as exc:  # a bad --cpus list
+        fail(str(exc), code=2)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         for r in engines.start():

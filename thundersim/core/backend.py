@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 
 @dataclass(slots=True)
@@ -78,6 +78,15 @@ class Usage:
     @property
     def decode_s(self) -> float:
         return self.finish_time - self.first_token_time
+
+
+class Gauges(NamedTuple):
+    """The three engine gauges a router reads (as in `EngineStats`), which a backend may give
+    alone through an optional `gauges()` method, without building its whole stats."""
+
+    used_tokens: int
+    running: int
+    waiting: int
 
 
 @dataclass(slots=True)

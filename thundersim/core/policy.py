@@ -104,26 +104,13 @@ class LazyBackendView:
     def _stats(self):
         return self._memo(self.index)
 
-    @property
-    def used_tokens(self) -> int:
-        if self._gauges is None:
-            return self._stats().used_tokens
-        used, _running, _waiting = self._gauges()
-        return used
+    def _gauge(self, name: str) -> int:
+        source = self._gauges() if self._gauges is not None else self._stats()
+        return getattr(source, name)
 
-    @property
-    def running(self) -> int:
-        if self._gauges is None:
-            return self._stats().running
-        _used, running, _waiting = self._gauges()
-        return running
-
-    @property
-    def waiting(self) -> int:
-        if self._gauges is None:
-            return self._stats().waiting
-        _used, _running, waiting = self._gauges()
-        return waiting
+    used_tokens = property(lambda s: s._gauge("used_tokens"))
+    running = property(lambda s: s._gauge("running"))
+    waiting = property(lambda s: s._gauge("waiting"))
 
     def __repr__(self) -> str:
         return f"LazyBackendView({self.index}, {self.name}, alive={self.alive})"

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import simpy
 from simpy.events import NORMAL, URGENT
 
-from thundersim.core.backend import EngineStats, KVSnapshot, Request, Usage
+from thundersim.core.backend import EngineStats, Gauges, KVSnapshot, Request, Usage
 from thundersim.core.cluster import chain_program
 from thundersim.sim.accounting import EngineCounters, engine_stats, kv_snapshot
 from thundersim.sim.catalog import GPU, GiB
@@ -227,10 +227,12 @@ class SimBackend:
         sched = self.scheduler
         return engine_stats(self.counters, self.kv, len(sched.running), len(sched.waiting))
 
-    def gauges(self) -> tuple[int, int, int]:
-        """(used_tokens, running, waiting) as `stats()` has them, without building the rest."""
+    def gauges(self) -> Gauges:
+        """The gauges as `stats()` has them, without building the rest."""
         sched = self.scheduler
-        return self.kv.pool.used * self.kv.block_size, len(sched.running), len(sched.waiting)
+        return Gauges(
+            self.kv.pool.used * self.kv.block_size, len(sched.running), len(sched.waiting)
+        )
 
     async def connect(self) -> None:
         """Nothing to connect to: the replica exists from construction."""
